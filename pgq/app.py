@@ -1,0 +1,297 @@
+"""App: settings, the task registry and the way to the database. No SQL, no loops."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+from pgq import enqueue
+from pgq.config import Settings
+from pgq.db.connection import ProducerPool, check_dsn, execute
+from pgq.db.queries import Queries, queries_for
+from pgq.errors import ConfigurationError, NotRegistered
+from pgq.result import AsyncResult, ResultWaiter, wait_loop
+from pgq.task import Task, make_task
+
+log = logging.getLogger("pgq")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_current: App | None = None
+
+
+def current_app() -> App:
+    if _current is None:
+        raise ConfigurationError("no pgq.App has been created yet: create one or pass app=")
+    return _current
+
+
+def _is_valid_schema(name: str) -> bool:
+    return bool(name) and len(name) < 50 and name.replace("_", "a").isalnum() \
+        and not name[0].isdigit()
+
+
+class App:
+    """`pgq.App("shop", dsn=...)` — Celery's constructor shape."""
+
+    def __init__(
+        self,
+        name: str = "pgq",
+        *,
+        dsn: str | None = None,
+        schema: str = "pgq",
+        default_queue: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] | None = None,
+        **settings: Any,
+    ) -> None:
+        global _current
+        if not _is_valid_schema(schema):
+            raise ConfigurationError(
+                f"schema {schema!r} is not a plain identifier (letters, digits, _)"
+            )
+        self.main = name
+        self.schema = schema
+        self.conf = Settings(**settings)
+        if default_queue is not None:
+            self.conf.update(task_default_queue=default_queue)
+        if include:
+            self.conf.update(include=[*self.conf.include, *include])
+        self._dsn = check_dsn(dsn) if dsn is not None else self._dsn_from_urls(broker, backend)
+        self.tasks: dict[str, Task] = {}
+        self._pool: ProducerPool | None = None
+        self._waiter: ResultWaiter | None = None
+        self._waiter_pid = -1
+        self._lock = threading.Lock()
+        self.periodic_tasks: dict[str, tuple[Any, Any]] = {}
+        self._register_builtins()
+        _current = self
+
+    def __repr__(self) -> str:
+        return f"<pgq.App {self.main!r} schema={self.schema!r}>"
+
+    # --- configuration ----------------------------------------------------------------------
+
+    @staticmethod
+    def _dsn_from_urls(*urls: str | None) -> str | None:
+        for url in urls:
+            if not url:
+                continue
+            if url.startswith(("postgresql://", "postgres://")):
+                return check_dsn(url)
+            if url.startswith(("postgresql+", "db+postgresql")):
+                # SQLAlchemy / Celery database-backend forms: keep the libpq part.
+                return check_dsn("postgresql://" + url.split("://", 1)[1])
+            warnings.warn(
+                f"pgq ignores the non-PostgreSQL URL {url.split('://')[0]}://…; "
+                "set PGQ_DSN (or dsn=) to the PostgreSQL database pgq should use",
+                stacklevel=3,
+            )
+        return None
+
+    @property
+    def default_queue(self) -> str:
+        return str(self.conf.task_default_queue)
+
+    @property
+    def dsn(self) -> str:
+        """The DSN: explicit, else $PGQ_DSN, else the embedded server (started on demand)."""
+        if self._dsn is None:
+            env = os.environ.get("PGQ_DSN")
+            if env:
+                self._dsn = check_dsn(env)
+            else:
+                from pgq import embedded
+
+                self._dsn = embedded.ensure_server()
+        return self._dsn
+
+    def config_from_object(self, obj: Any, **_: Any) -> None:
+        self.conf.from_object(obj)
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]],
+                           related_name: str = "tasks", force: bool = False) -> None:
+        names = packages() if callable(packages) else packages
+        self.conf.update(include=[*self.conf.include, *(f"{p}.{related_name}" for p in names)])
+        if force:
+            self.import_modules()
+
+    def import_modules(self) -> None:
+        """Import `include`/`imports` modules (workers do this at start)."""
+        for module in [*self.conf.include, *self.conf.imports]:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(f"cannot import task module {module!r}: {exc}") from None
+
+    def route_for(self, task_name: str) -> str | None:
+        routes = self.conf.task_routes
+        if not routes:
+            return None
+        for table in routes if isinstance(routes, list | tuple) else [routes]:
+            if callable(table):
+                found = table(task_name, None, None, None)
+            else:
+                found = _match_route(table, task_name)
+            if found:
+                return found["queue"] if isinstance(found, Mapping) else str(found)
+        return None
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F) -> Task: ...
+    @overload
+    def task(self, fn: None = None, **options: Any) -> Callable[[F], Task]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """`@app.task` or `@app.task(name=..., queue=..., ...)`."""
+
+        def register(func: Callable[..., Any]) -> Task:
+            base = options.pop("base", None) or Task
+            task = make_task(self, func, base, dict(options))
+            if task.name in self.tasks:
+                raise ConfigurationError(
+                    f"a task named {task.name!r} is already registered; give one a name="
+                )
+            self.tasks[task.name] = task
+            return task
+
+        if fn is not None and callable(fn):
+            return register(fn)
+        return register
+
+    def _register_builtins(self) -> None:
+        app = self
+
+        def pgq_map(task: str, items: list[Any]) -> list[Any]:
+            return [app.tasks[task](item) for item in items]
+
+        def pgq_starmap(task: str, items: list[list[Any]]) -> list[Any]:
+            return [app.tasks[task](*item) for item in items]
+
+        self.task(name="pgq.map")(pgq_map)
+        self.task(name="pgq.starmap")(pgq_starmap)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    @property
+    def queries(self) -> Queries:
+        return queries_for(self.schema)
+
+    @property
+    def pool(self) -> ProducerPool:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ProducerPool(self.dsn, int(self.conf.pool_max_size))
+        return self._pool
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        _task: Task | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Enqueue a job by task name (the producer need not import the task's code)."""
+        task = _task or self.tasks.get(name)
+        row = enqueue.build_row(self, name, args, kwargs, options, task)
+        (job_id,) = enqueue.insert(self, [row], connection)
+        return AsyncResult(job_id, app=self, task_name=name)
+
+    def enqueue_many(self, signatures: Iterable[Any], *, connection: Any = None
+                     ) -> list[AsyncResult]:
+        """Enqueue many signatures in one statement (one round trip)."""
+        rows = []
+        for sig in signatures:
+            rows.append(enqueue.build_row(self, sig["task"], sig["args"], sig["kwargs"],
+                                          sig["options"], self.tasks.get(sig["task"])))
+        ids = enqueue.insert(self, rows, connection)
+        return [AsyncResult(job_id, app=self, task_name=row.task)
+                for job_id, row in zip(ids, rows, strict=True)]
+
+    # --- results ----------------------------------------------------------------------------
+
+    def AsyncResult(self, id: str, **kwargs: Any) -> AsyncResult:
+        return AsyncResult(id, app=self, **kwargs)
+
+    def GroupResult(self, id: str, results: Sequence[AsyncResult]) -> Any:
+        from pgq.result import GroupResult
+
+        return GroupResult(id, results, app=self)
+
+    def _result_waiter(self) -> ResultWaiter:
+        if self._waiter is None or self._waiter_pid != os.getpid():
+            with self._lock:
+                if self._waiter is None or self._waiter_pid != os.getpid():
+                    self._waiter = ResultWaiter(self.dsn, self.queries.done_channel)
+                    self._waiter_pid = os.getpid()
+        return self._waiter
+
+    def wait_for(self, job_ids: Sequence[str], timeout: float | None,
+                 check: Callable[[], Any]) -> Any:
+        return wait_loop(self._result_waiter(), job_ids, timeout, check,
+                         float(self.conf.result_poll_interval))
+
+    def backend_update_state(self, job_id: str, state: str, meta: Any) -> None:
+        from pgq import serialization
+
+        with self.pool.connection() as conn:
+            execute(conn, self.queries.update_state,
+                    {"id": job_id, "state": state, "meta": serialization.dumps(meta, "meta")})
+
+    def revoke(self, job_id: str, terminate: bool = False) -> bool:
+        """Revoke a job: never run if waiting; if running and `terminate`, kill its child."""
+        q = self.queries
+        with self.pool.connection() as conn, conn.transaction():
+            rows = execute(conn, q.revoke, {"id": str(job_id)})
+            if rows and terminate:
+                execute(conn, q.notify, {"channel": q.control_channel,
+                                         "payload": f"terminate:{job_id}"})
+        return bool(rows)
+
+    # --- database ---------------------------------------------------------------------------
+
+    def migrate(self, sql: bool = False) -> str | None:
+        from pgq.migrate import upgrade
+
+        return upgrade(self.dsn, self.schema, sql=sql)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._waiter is not None and self._waiter_pid == os.getpid():
+            self._waiter.listener.stop()
+        self._waiter = None
+
+    def add_periodic_task(self, schedule: Any, sig: Any, *, name: str | None = None,
+                          **_: Any) -> str:
+        key = name or f"{sig['task']}{tuple(sig['args'])!r}"
+        self.periodic_tasks[key] = (schedule, sig)
+        return key
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(f"task {name!r} is not registered in this app") from None
+
+
+def _match_route(table: Mapping[str, Any], task_name: str) -> Any:
+    import fnmatch
+
+    if task_name in table:
+        return table[task_name]
+    for pattern, route in table.items():
+        if fnmatch.fnmatchcase(task_name, pattern):
+            return route
+    return None

@@ -1,0 +1,337 @@
+"""The `pgq` command: parses arguments, calls library functions, prints. Nothing more."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import psycopg
+
+from pgq.app import App
+from pgq.db.connection import check_dsn, connect, execute, first_line
+from pgq.errors import ConfigurationError, PgqError
+
+
+def _load_app(spec: str | None, dsn: str | None) -> App:
+    app = App() if spec is None else _import_app(spec)
+    if dsn:
+        app._dsn = check_dsn(dsn)
+    return app
+
+
+def _import_app(spec: str) -> App:
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import app module {module_name!r} (-A {spec}): "
+                                 f"{exc}") from None
+    if attr:
+        found = getattr(module, attr, None)
+        if not isinstance(found, App):
+            raise ConfigurationError(f"{module_name!r} has no pgq.App named {attr!r}")
+        return found
+    for name in ("app", "celery"):
+        if isinstance(getattr(module, name, None), App):
+            return getattr(module, name)  # type: ignore[no-any-return]
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if len(apps) == 1:
+        return apps[0]
+    raise ConfigurationError(
+        f"module {module_name!r} has {'no' if not apps else 'several'} pgq.App instances; "
+        f"name one with -A {module_name}:ATTRIBUTE"
+    )
+
+
+class Context:
+    def __init__(self, app_spec: str | None, dsn: str | None, debug: bool) -> None:
+        self.app_spec = app_spec
+        self.dsn = dsn
+        self.debug = debug
+
+    def app(self, app_spec: str | None = None, dsn: str | None = None) -> App:
+        return _load_app(app_spec or self.app_spec, dsn or self.dsn)
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One clear line on stderr and exit code 1 for every expected failure."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = ctx.find_object(Context).debug if ctx.find_object(Context) else False
+        try:
+            return fn(*args, **kwargs)
+        except (PgqError, psycopg.Error) as exc:
+            if debug:
+                raise
+            click.echo(f"pgq: error: {first_line(exc)}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+app_option = click.option("-A", "--app", "app_spec", metavar="MODULE[:ATTR]",
+                          help="The module holding your pgq.App.")
+dsn_option = click.option("--dsn", metavar="DSN", help="PostgreSQL DSN (default: $PGQ_DSN).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@app_option
+@dsn_option
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, app_spec: str | None, dsn: str | None, debug: bool) -> None:
+    """pgq: a task queue in which PostgreSQL is the only moving part."""
+    ctx.obj = Context(app_spec, dsn, debug)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the app's).")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes.")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
+              default="prefork", show_default=True)
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1))
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1))
+@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S")
+@click.option("-B", "--beat", is_flag=True, help="Also run the scheduler in this worker.")
+@click.option("-n", "--hostname", help="Name shown in self.request.hostname and worker_status "
+              "(%h, %n, %d expand as in Celery).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.pass_obj
+@_errors
+def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
+           concurrency: int | None, pool: str, max_tasks_per_child: int | None,
+           max_memory_per_child: int | None, prefetch_multiplier: int | None,
+           time_limit: float | None, soft_time_limit: float | None, beat: bool,
+           hostname: str | None, loglevel: str) -> None:
+    """Run a worker.
+
+    \b
+    Examples:
+      pgq worker -A shop.tasks -c 4
+      pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
+    """
+    _setup_logging(loglevel)
+    from pgq.worker.supervisor import Worker
+
+    app = obj.app(app_spec, dsn)
+    app.import_modules()
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    code = Worker(app, queues=queue_list, concurrency=concurrency, pool=pool,
+                  hostname=hostname, max_tasks_per_child=max_tasks_per_child,
+                  max_memory_per_child=max_memory_per_child,
+                  prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,
+                  soft_time_limit=soft_time_limit).run()
+    sys.exit(code)
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("--schema", help="Schema to migrate (default: the app's, else 'pgq').")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.pass_obj
+@_errors
+def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | None,
+            sql: bool) -> None:
+    """Bring the database schema to the newest version (safe to run twice, or at once).
+
+    \b
+    Examples:
+      pgq migrate --dsn postgresql://localhost/shop
+      pgq migrate --sql > pgq.sql
+    """
+    from pgq.migrate import upgrade
+
+    if sql and not (dsn or obj.dsn or app_spec or obj.app_spec):
+        click.echo(upgrade("postgresql://", schema or "pgq", sql=True), nl=False)
+        return
+    app = obj.app(app_spec, dsn)
+    target = schema or app.schema
+    out = upgrade(app.dsn, target, sql=sql)
+    if sql:
+        click.echo(out, nl=False)
+    else:
+        click.echo(f"pgq schema {target!r} is up to date")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _age(value: Any) -> str:
+    if value is None:
+        return ""
+    seconds = value.total_seconds()
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+@_errors
+def status(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool) -> None:
+    """Show queues (jobs per state, oldest waiting, jobs/min) and workers."""
+    from pgq.monitor import snapshot
+
+    app = obj.app(app_spec, dsn)
+    snap = snapshot(app)
+    if as_json:
+        click.echo(json.dumps(snap, default=str, indent=2))
+        return
+    states = ["PENDING", "RETRY", "STARTED", "SUCCESS", "FAILURE", "REVOKED"]
+    rows = [[q["queue"], *(q["states"].get(s, 0) for s in states),
+             _age(q["oldest_waiting"]), q["per_minute"]] for q in snap["queues"]]
+    click.echo(_table(["QUEUE", *states, "OLDEST WAITING", "JOBS/MIN"], rows)
+               if rows else "no queues yet")
+    click.echo()
+    wrows = [[w["hostname"], w["pid"], ",".join(w["queues"]), w["concurrency"], w["running"],
+              _age(w["heartbeat_age"]) + " ago", "yes" if w["alive"] else "no"]
+             for w in snap["workers"]]
+    click.echo(_table(["WORKER HOST", "PID", "QUEUES", "CONCURRENCY", "RUNNING",
+                       "LAST HEARTBEAT", "ALIVE"], wrows) if wrows else "no workers")
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.argument("job_id")
+@click.option("--terminate", is_flag=True, help="Kill the child running it.")
+@click.pass_obj
+@_errors
+def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
+           terminate: bool) -> None:
+    """Revoke a job: it never runs (with --terminate: stop it if running)."""
+    app = obj.app(app_spec, dsn)
+    if app.revoke(job_id, terminate=terminate):
+        click.echo(f"revoked {job_id}")
+    else:
+        raise PgqError(f"job {job_id} is not waiting or running (unknown id or finished)")
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("--older-than", metavar="DURATION", help="e.g. 30s, 30m, 12h, 7d "
+              "(default: result_expires).")
+@click.pass_obj
+@_errors
+def prune(obj: Context, app_spec: str | None, dsn: str | None, older_than: str | None) -> None:
+    """Delete finished jobs whose results have expired."""
+    from pgq.worker.heartbeat import prune as prune_jobs
+
+    app = obj.app(app_spec, dsn)
+    seconds = parse_duration(older_than) if older_than else float(app.conf.result_expires)
+    with connect(app.dsn) as conn:
+        deleted = prune_jobs(app, conn, seconds)
+    click.echo(f"pruned {deleted} finished job(s)")
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 30m, 12h or 7d"
+                                 ) from None
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("-Q", "--queues", help="Only these queues (comma-separated).")
+@click.option("--yes", "-f", "--force", "yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+@_errors
+def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
+          yes: bool) -> None:
+    """Delete every waiting job (of -Q queues)."""
+    app = obj.app(app_spec, dsn)
+    names = [q.strip() for q in queues.split(",")] if queues else None
+    where = f"queue(s) {', '.join(names)}" if names else "all queues"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise PgqError("refusing to purge without --yes when not interactive")
+        click.confirm(f"Delete every waiting job of {where}?", abort=True)
+    with connect(app.dsn) as conn:
+        cur = conn.execute(app.queries.purge, {"queues": names})
+        click.echo(f"purged {cur.rowcount} waiting job(s) from {where}")
+
+
+@main.group()
+def embedded() -> None:
+    """The embedded development PostgreSQL in ./.pgq/pgdata."""
+
+
+@embedded.command("start")
+@_errors
+def embedded_start() -> None:
+    """Start (or reuse) the embedded server and print its DSN."""
+    from pgq import embedded as emb
+
+    click.echo(emb.ensure_server())
+
+
+@embedded.command("stop")
+@_errors
+def embedded_stop() -> None:
+    """Stop the embedded server."""
+    from pgq import embedded as emb
+
+    click.echo("stopped" if emb.stop_server() else "not running")
+
+
+@embedded.command("status")
+@_errors
+def embedded_status() -> None:
+    """Print the DSN of the running embedded server, or 'not running'."""
+    from pgq import embedded as emb
+
+    click.echo(emb.running_dsn() or "not running")
+
+
+@main.command(hidden=True)
+@click.argument("job_id")
+@app_option
+@dsn_option
+@click.pass_obj
+@_errors
+def result(obj: Context, job_id: str, app_spec: str | None, dsn: str | None) -> None:
+    """Print a job's state and result."""
+    app = obj.app(app_spec, dsn)
+    with connect(app.dsn) as conn:
+        rows = execute(conn, app.queries.get_result, {"id": job_id})
+    click.echo(rows[0] if rows else "PENDING")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The one database seam: named queries, connections, the LISTEN connection."""

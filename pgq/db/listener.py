@@ -1,0 +1,91 @@
+"""One LISTEN connection per process, read by a daemon thread that hands each notification to
+the callbacks registered for its channel. It reconnects with backoff on its own and tells
+`on_reconnect` callbacks, so waiters re-check what they may have missed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgq.db.connection import connect, first_line
+
+log = logging.getLogger("pgq.listener")
+
+Callback = Callable[[str], None]
+
+
+class Listener:
+    def __init__(self, dsn: str, channels: Iterable[str]) -> None:
+        self.dsn = dsn
+        self.channels = list(channels)
+        self._callbacks: dict[str, list[Callback]] = defaultdict(list)
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name="pgq-listener", daemon=True)
+
+    def on(self, channel: str, callback: Callback) -> None:
+        self._callbacks[channel].append(callback)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect_callbacks.append(callback)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        self._ready.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing anyway
+                conn.cancel_safe(timeout=1)
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        conn = connect(self.dsn, autocommit=True)
+        for channel in self.channels:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        return conn
+
+    def _run(self) -> None:
+        delay = 0.1
+        first = True
+        while not self._stopped.is_set():
+            try:
+                self._conn = self._listen()
+                self._ready.set()
+                if not first:
+                    log.warning("LISTEN connection re-established")
+                    for callback in self._reconnect_callbacks:
+                        callback()
+                first = False
+                delay = 0.1
+                while not self._stopped.is_set():
+                    for note in self._conn.notifies(timeout=1.0):
+                        for callback in self._callbacks.get(note.channel, ()):
+                            callback(note.payload)
+            except Exception as exc:
+                self._ready.clear()
+                if self._stopped.is_set():
+                    break
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs",
+                            first_line(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None

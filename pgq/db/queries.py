@@ -1,0 +1,42 @@
+"""Load the named statements of queries.sql once and bind the schema name into them."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from psycopg import sql
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def _raw_queries() -> dict[str, str]:
+    text = (Path(__file__).parent / "queries.sql").read_text()
+    parts = _NAME.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+class Queries:
+    """Every runtime statement, as plain strings with the schema bound (`q.claim`, ...)."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        ident = sql.Identifier(schema).as_string(None)
+        self._sql = {name: body.replace("{schema}", ident) for name, body in _raw_queries().items()}
+        self.jobs_channel = f"{schema}_jobs"
+        self.done_channel = f"{schema}_done"
+        self.control_channel = f"{schema}_control"
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._sql[name]
+        except KeyError:
+            raise AttributeError(f"no query named {name!r} in queries.sql") from None
+
+
+@functools.cache
+def queries_for(schema: str) -> Queries:
+    return Queries(schema)

@@ -1,0 +1,164 @@
+-- Every statement pgq runs at run time, by name. `{schema}` is bound once (as an identifier)
+-- when the file is loaded; values are always parameters, never formatted in.
+-- Job states: PENDING (waiting, possibly for run_at), RETRY (waiting to be retried), STARTED,
+-- SUCCESS, FAILURE, REVOKED. Custom states from update_state() live in progress_state.
+
+-- name: enqueue
+INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
+                           expires_at, unique_key, root_id, parent_id, group_id)
+SELECT id, task, queue, priority, args, kwargs, options, coalesce(run_at, now()), run_at,
+       expires_at, unique_key, coalesce(root_id, id), parent_id, group_id
+FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int2[],
+            %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
+            %(run_ats)s::timestamptz[], %(expires)s::timestamptz[], %(unique_keys)s::text[],
+            %(root_ids)s::uuid[], %(parent_ids)s::uuid[], %(group_ids)s::uuid[])
+     AS t(id, task, queue, priority, args, kwargs, options, run_at, expires_at, unique_key,
+          root_id, parent_id, group_id)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: find_unique
+SELECT unique_key, id FROM {schema}.jobs
+WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STARTED')
+
+-- name: claim
+WITH picked AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state IN ('PENDING', 'RETRY') AND queue = ANY(%(queues)s::text[])
+      AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+    worker_id = %(worker)s,
+    attempts = j.attempts + 1,
+    started_at = now(),
+    finished_at = CASE WHEN j.expires_at <= now() THEN now() END
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id::text, j.task, j.state, j.args::text, j.kwargs::text, j.options::text, j.queue,
+          j.priority, j.eta, j.retries, j.attempts, j.root_id::text, j.parent_id::text,
+          j.group_id::text
+
+-- name: complete
+-- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
+-- still this attempt) makes a late ack from a worker whose jobs were rescued a no-op.
+UPDATE {schema}.jobs AS j
+SET state = o.state,
+    result = o.result,
+    exc_type = o.exc_type,
+    exc_message = o.exc_message,
+    traceback = o.traceback,
+    retries = CASE WHEN o.state = 'RETRY' THEN j.retries + 1 ELSE j.retries END,
+    run_at = CASE WHEN o.state = 'RETRY' THEN now() + make_interval(secs => o.countdown)
+                  ELSE j.run_at END,
+    eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
+               THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
+    worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
+    finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
+    runtime_ms = o.runtime_ms
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
+            %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
+            %(countdowns)s::float8[], %(runtimes)s::float8[])
+     AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown, runtime_ms)
+WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
+  AND j.worker_id = %(worker)s
+RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+
+-- name: notify
+SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: update_state
+UPDATE {schema}.jobs SET progress_state = %(state)s, meta = %(meta)s::jsonb
+WHERE id = %(id)s AND state = 'STARTED'
+
+-- name: get_result
+SELECT state, progress_state, result, meta, exc_type, exc_message, traceback, finished_at,
+       retries, parent_id, task, options
+FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: get_states
+SELECT id, state FROM {schema}.jobs WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: revoke
+UPDATE {schema}.jobs
+SET state = 'REVOKED', finished_at = now(), worker_id = NULL,
+    exc_type = 'pgq.errors.TaskRevokedError', exc_message = 'revoked'
+WHERE id = %(id)s AND state IN ('PENDING', 'RETRY', 'STARTED')
+RETURNING id, queue
+
+-- name: forget
+DELETE FROM {schema}.jobs
+WHERE id = %(id)s AND state IN ('SUCCESS', 'FAILURE', 'REVOKED')
+
+-- name: register_worker
+INSERT INTO {schema}.workers (id, hostname, pid, queues, concurrency, pool, lost_timeout)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(pool)s,
+        make_interval(secs => %(lost_timeout)s))
+ON CONFLICT (id) DO UPDATE
+SET stopped_at = NULL, last_heartbeat = now()
+
+-- name: heartbeat
+UPDATE {schema}.workers SET last_heartbeat = now()
+WHERE id = %(id)s AND stopped_at IS NULL
+RETURNING id
+
+-- name: stop_worker
+UPDATE {schema}.workers SET stopped_at = now() WHERE id = %(id)s
+
+-- name: mark_lost_workers
+UPDATE {schema}.workers SET stopped_at = now()
+WHERE stopped_at IS NULL AND last_heartbeat < now() - lost_timeout
+RETURNING id, hostname, pid
+
+-- name: rescue_orphans
+-- Jobs still STARTED whose worker has stopped or vanished go back to their queue.
+UPDATE {schema}.jobs AS j
+SET state = 'PENDING', worker_id = NULL, started_at = NULL,
+    progress_state = NULL, meta = NULL
+WHERE j.state = 'STARTED'
+  AND NOT EXISTS (SELECT 1 FROM {schema}.workers w
+                  WHERE w.id = j.worker_id AND w.stopped_at IS NULL)
+RETURNING j.id, j.queue
+
+-- name: requeue_mine
+-- Cold shutdown: this worker's jobs go back to their queue at once, no retry spent.
+UPDATE {schema}.jobs
+SET state = 'PENDING', worker_id = NULL, started_at = NULL,
+    progress_state = NULL, meta = NULL
+WHERE state = 'STARTED' AND worker_id = %(worker)s AND id = ANY(%(ids)s::uuid[])
+RETURNING id, queue
+
+-- name: prune
+DELETE FROM {schema}.jobs WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED')
+      AND finished_at < now() - make_interval(secs => %(older_than)s)
+    LIMIT %(batch)s
+)
+
+-- name: queue_stats
+SELECT queue, state, jobs, oldest_age FROM {schema}.queue_stats ORDER BY queue, state
+
+-- name: throughput
+SELECT queue, count(*) AS per_minute FROM {schema}.jobs
+WHERE finished_at > now() - interval '1 minute'
+  AND state IN ('SUCCESS', 'FAILURE', 'REVOKED')
+GROUP BY queue
+
+-- name: worker_status
+SELECT worker, hostname, pid, queues, concurrency, running, started_at, last_heartbeat, alive
+FROM {schema}.worker_status ORDER BY alive DESC, started_at DESC
+
+-- name: purge
+DELETE FROM {schema}.jobs
+WHERE state IN ('PENDING', 'RETRY') AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+
+-- name: active_jobs
+SELECT id, task, queue, worker_id, started_at, args, kwargs
+FROM {schema}.jobs WHERE state = 'STARTED' ORDER BY started_at
+
+-- name: lock_maintenance
+SELECT pg_try_advisory_xact_lock(hashtext(%(key)s))

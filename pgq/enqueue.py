@@ -1,0 +1,227 @@
+"""Turn (task name, args, kwargs, options) into job rows and insert them: on the caller's
+connection (inside its transaction) or through the app's pool. One statement per batch."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pgq import request as request_context
+from pgq import serialization
+from pgq.db.connection import dbapi_connection, execute
+from pgq.errors import PgqError
+
+if TYPE_CHECKING:
+    from pgq.app import App
+    from pgq.task import Task
+
+
+class InvalidOption(PgqError, ValueError):
+    """A calling option (countdown, priority, queue, ...) has a value pgq cannot use."""
+
+
+# Per-call options the worker needs at run time; stored in the row's `options` column.
+RUNTIME_OPTIONS = ("time_limit", "soft_time_limit", "ignore_result", "headers", "link",
+                   "link_error", "shadow", "max_retries", "chain")
+# Accepted for Celery compatibility; they change nothing here.
+IGNORED_OPTIONS = frozenset({"retry", "retry_policy", "serializer", "compression", "exchange",
+                             "exchange_type", "delivery_mode", "mandatory", "immediate",
+                             "add_to_parent", "reply_to", "producer", "publisher",
+                             "correlation_id", "chord", "group_index",
+                             "routing_key", "task_id", "connection", "unique_key", "queue",
+                             "priority", "countdown", "eta", "expires", "subtask_type"})
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    task: str
+    queue: str
+    priority: int
+    args: str
+    kwargs: str
+    options: str
+    run_at: datetime | None
+    expires_at: datetime | None
+    unique_key: str | None
+    root_id: str | None
+    parent_id: str | None
+    group_id: str | None
+
+
+def build_row(
+    app: App,
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+    task: Task | None = None,
+) -> JobRow:
+    unknown = set(options) - set(RUNTIME_OPTIONS) - IGNORED_OPTIONS - {"group_id", "root_id",
+                                                                       "parent_id"}
+    if unknown:
+        raise InvalidOption(f"unknown calling option(s) {sorted(unknown)} for task {name!r}")
+    job_id = _task_id(options.get("task_id"))
+    args = list(args or ())
+    kwargs = dict(kwargs or {})
+    if not isinstance(kwargs, dict):
+        raise InvalidOption(f"kwargs for {name!r} must be a mapping")
+    encoded_args, encoded_kwargs = _encode_payload(app, task, args, kwargs)
+    runtime = {key: options[key] for key in RUNTIME_OPTIONS if options.get(key) is not None}
+    if _uses_pickle(app, task):
+        runtime["content_type"] = "pickle"
+    parent = request_context.current()
+    in_job = parent is not None and not parent.called_directly and parent.id is not None
+    return JobRow(
+        id=job_id,
+        task=name,
+        queue=_queue(app, name, task, options),
+        priority=_priority(app, task, options.get("priority")),
+        args=encoded_args,
+        kwargs=encoded_kwargs,
+        options=serialization.dumps(runtime, "options") if runtime else "{}",
+        run_at=_run_at(options.get("countdown"), options.get("eta")),
+        expires_at=_expires_at(options.get("expires", task.expires if task else None)),
+        unique_key=_unique_key(name, task, args, kwargs, options.get("unique_key")),
+        root_id=options.get("root_id") or (parent.root_id if in_job and parent else None),
+        parent_id=options.get("parent_id") or (parent.id if in_job and parent else None),
+        group_id=options.get("group_id"),
+    )
+
+
+def _uses_pickle(app: App, task: Task | None) -> bool:
+    serializer = (task.serializer if task else None) or app.conf.task_serializer
+    return bool(serializer == "pickle")
+
+
+def _encode_payload(
+    app: App, task: Task | None, args: list[Any], kwargs: dict[str, Any]
+) -> tuple[str, str]:
+    if _uses_pickle(app, task):
+        if "pickle" not in app.conf.accept_content:
+            raise InvalidOption(
+                "task_serializer='pickle' needs accept_content to include 'pickle'"
+            )
+        return serialization.dumps(serialization.pickle_dumps((args, kwargs))), "{}"
+    return serialization.dumps(args, "args"), serialization.dumps(kwargs, "kwargs")
+
+
+def _task_id(value: Any) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise InvalidOption(f"task_id {value!r} is not a UUID") from None
+
+
+def _queue(app: App, name: str, task: Task | None, options: Mapping[str, Any]) -> str:
+    queue = options.get("queue") or options.get("routing_key")
+    if queue is None:
+        queue = app.route_for(name)
+    if queue is None and task is not None:
+        queue = task.queue
+    queue = queue or app.default_queue
+    if isinstance(queue, dict):  # Celery's {"queue": name} form
+        queue = queue.get("queue") or app.default_queue
+    if not isinstance(queue, str) or not queue:
+        raise InvalidOption(f"queue must be a non-empty string, got {queue!r}")
+    return queue
+
+
+def _priority(app: App, task: Task | None, value: Any) -> int:
+    if value is None:
+        value = task.priority if task is not None and task.priority is not None else None
+    if value is None:
+        value = app.conf.task_default_priority
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise InvalidOption(f"priority must be an int from 0 to 9 (9 runs first), got {value!r}")
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _run_at(countdown: Any, eta: Any) -> datetime | None:
+    if countdown is not None and eta is not None:
+        raise InvalidOption("give countdown or eta, not both")
+    if countdown is not None:
+        if isinstance(countdown, timedelta):
+            countdown = countdown.total_seconds()
+        if isinstance(countdown, bool) or not isinstance(countdown, int | float):
+            raise InvalidOption(f"countdown must be a number of seconds, got {countdown!r}")
+        if countdown < 0:
+            raise InvalidOption(f"countdown must not be negative, got {countdown!r}")
+        return datetime.now(UTC) + timedelta(seconds=countdown) if countdown else None
+    if eta is not None:
+        if not isinstance(eta, datetime):
+            raise InvalidOption(f"eta must be a datetime, got {type(eta).__name__}")
+        return _aware(eta)
+    return None
+
+
+def _expires_at(expires: Any) -> datetime | None:
+    if expires is None:
+        return None
+    if isinstance(expires, datetime):
+        return _aware(expires)
+    if isinstance(expires, timedelta):
+        expires = expires.total_seconds()
+    if isinstance(expires, bool) or not isinstance(expires, int | float) or expires < 0:
+        raise InvalidOption(f"expires must be seconds (>= 0) or a datetime, got {expires!r}")
+    return datetime.now(UTC) + timedelta(seconds=expires)
+
+
+def _unique_key(
+    name: str, task: Task | None, args: list[Any], kwargs: dict[str, Any], key: Any
+) -> str | None:
+    if key is not None:
+        return str(key)
+    if task is not None and task.unique:
+        payload = serialization.dumps([args, dict(sorted(kwargs.items()))], "args")
+        return name + ":" + hashlib.sha256(payload.encode()).hexdigest()
+    return None
+
+
+def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str]:
+    """Insert `rows` in one statement; return the id that stands for each row (for a unique
+    key that was already queued, the id of the job already there)."""
+    if not rows:
+        return []
+    if connection is not None:
+        return _insert_on(app, dbapi_connection(connection), rows)
+    with app.pool.connection() as conn:
+        return _insert_on(app, conn, rows)
+
+
+def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
+    q = app.queries
+    params = {
+        "ids": [r.id for r in rows],
+        "tasks": [r.task for r in rows],
+        "queues": [r.queue for r in rows],
+        "priorities": [r.priority for r in rows],
+        "args": [r.args for r in rows],
+        "kwargs": [r.kwargs for r in rows],
+        "options": [r.options for r in rows],
+        "run_ats": [r.run_at for r in rows],
+        "expires": [r.expires_at for r in rows],
+        "unique_keys": [r.unique_key for r in rows],
+        "root_ids": [r.root_id for r in rows],
+        "parent_ids": [r.parent_id for r in rows],
+        "group_ids": [r.group_id for r in rows],
+    }
+    inserted = {str(row[0]) for row in execute(conn, q.enqueue, params)}
+    ids = [r.id for r in rows]
+    skipped_keys = [r.unique_key for r in rows if r.id not in inserted and r.unique_key]
+    if skipped_keys:
+        existing = {key: str(job_id) for key, job_id in
+                    execute(conn, q.find_unique, {"keys": skipped_keys})}
+        ids = [existing.get(r.unique_key, r.id) if r.id not in inserted and r.unique_key
+               else r.id for r in rows]
+    return ids

@@ -1,0 +1,62 @@
+"""The request context a running task sees as `self.request` (one stack per thread)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class Request:
+    id: str | None = None
+    task: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    queue: str | None = None
+    priority: int = 0
+    eta: datetime | None = None
+    hostname: str | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    called_directly: bool = True
+    is_eager: bool = False
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        return {"routing_key": self.queue, "priority": self.priority, "exchange": ""}
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.id
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+
+_local = threading.local()
+
+
+def _stack() -> list[Request]:
+    stack: list[Request] | None = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def current() -> Request | None:
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
+def push(request: Request) -> None:
+    _stack().append(request)
+
+
+def pop() -> None:
+    _stack().pop()

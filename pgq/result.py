@@ -1,0 +1,297 @@
+"""AsyncResult and GroupResult: read a job's state and result; `get()` waits on LISTEN."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pgq import serialization
+from pgq.db.connection import execute
+from pgq.db.listener import Listener
+from pgq.errors import TaskRevokedError, TimeoutError
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
+
+
+class ResultWaiter:
+    """Per process: one LISTEN on the schema's `_done` channel; wakes `get()` callers whose
+    job ids appear in a notification (the completer sends ids in batches)."""
+
+    def __init__(self, dsn: str, channel: str) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[threading.Event]] = defaultdict(list)
+        self.listener = Listener(dsn, [channel])
+        self.listener.on(channel, self._on_done)
+        self.listener.on_reconnect(self._wake_all)
+        self.listener.start()
+
+    def _on_done(self, payload: str) -> None:
+        with self._lock:
+            for job_id in payload.split(","):
+                for event in self._waiting.get(job_id, ()):
+                    event.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for events in self._waiting.values():
+                for event in events:
+                    event.set()
+
+    def register(self, job_ids: Sequence[str]) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            for job_id in job_ids:
+                self._waiting[job_id].append(event)
+        return event
+
+    def unregister(self, job_ids: Sequence[str], event: threading.Event) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                events = self._waiting.get(job_id)
+                if events and event in events:
+                    events.remove(event)
+                    if not events:
+                        del self._waiting[job_id]
+
+
+class _Row:
+    __slots__ = ("date_done", "exc_message", "exc_type", "meta", "parent_id",
+                 "progress_state", "result", "retries", "state", "task", "traceback")
+
+    def __init__(self, row: tuple[Any, ...] | None) -> None:
+        if row is None:
+            self.state = "PENDING"
+            self.progress_state = self.result = self.meta = self.exc_type = None
+            self.exc_message = self.traceback = self.date_done = self.parent_id = None
+            self.task = None
+            self.retries = 0
+            return
+        (self.state, self.progress_state, self.result, self.meta, self.exc_type,
+         self.exc_message, self.traceback, self.date_done, self.retries, parent_id,
+         self.task, _options) = row
+        self.parent_id = str(parent_id) if parent_id else None
+
+    @property
+    def public_state(self) -> str:
+        if self.state == "STARTED" and self.progress_state:
+            return str(self.progress_state)
+        return str(self.state)
+
+    def exception(self) -> BaseException:
+        if self.state == "REVOKED":
+            return TaskRevokedError(self.exc_message or "revoked")
+        args = self.result if isinstance(self.result, list) else None
+        return serialization.rebuild_exception(
+            self.exc_type or "Exception", self.exc_message or "", args, self.traceback
+        )
+
+    def value(self) -> Any:
+        if self.state in EXCEPTION_STATES:
+            return self.exception()
+        if self.state == "STARTED":
+            return serialization.from_db(self.meta)
+        if self.state == "SUCCESS":
+            return serialization.from_db(self.result)
+        return None
+
+
+class AsyncResult:
+    """The handle on one job. Reads go to Postgres; a finished job's row is cached."""
+
+    def __init__(self, id: str, app: App | None = None, *, task_name: str | None = None,
+                 parent: AsyncResult | None = None) -> None:
+        from pgq.app import current_app
+
+        self.id = str(id)
+        self.app = app or current_app()
+        self.task_name = task_name
+        self._parent = parent
+        self._cache: _Row | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        return other == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _row(self) -> _Row:
+        if self._cache is not None:
+            return self._cache
+        with self.app.pool.connection() as conn:
+            rows = execute(conn, self.app.queries.get_result, {"id": self.id})
+        row = _Row(rows[0] if rows else None)
+        if row.state in READY_STATES:
+            self._cache = row
+        return row
+
+    @property
+    def state(self) -> str:
+        return self._row().public_state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        return self._row().value()
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._row().traceback
+
+    @property
+    def date_done(self) -> datetime | None:
+        return self._row().date_done
+
+    @property
+    def retries(self) -> int:
+        return self._row().retries
+
+    @property
+    def name(self) -> str | None:
+        return self._row().task or self.task_name
+
+    @property
+    def parent(self) -> AsyncResult | None:
+        if self._parent is None:
+            parent_id = self._row().parent_id
+            if parent_id:
+                self._parent = AsyncResult(parent_id, app=self.app)
+        return self._parent
+
+    def ready(self) -> bool:
+        return self._row().state in READY_STATES
+
+    def successful(self) -> bool:
+        return self._row().state == "SUCCESS"
+
+    def failed(self) -> bool:
+        return self._row().state == "FAILURE"
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, **_: Any) -> Any:
+        """Wait for the job to finish (woken by NOTIFY) and return its value, or raise its
+        exception when `propagate`."""
+        row = self.app.wait_for([self.id], timeout, lambda: self._row())
+        if row.state == "SUCCESS":
+            return row.value()
+        exc = row.exception()
+        if propagate:
+            raise exc
+        return exc
+
+    wait = get
+
+    def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
+        self.app.revoke(self.id, terminate=terminate)
+        self._cache = None
+
+    def forget(self) -> None:
+        with self.app.pool.connection() as conn:
+            execute(conn, self.app.queries.forget, {"id": self.id})
+        self._cache = None
+
+
+class GroupResult:
+    """Results of a group's members, in the group's order."""
+
+    def __init__(self, id: str, results: Sequence[AsyncResult], app: App | None = None) -> None:
+        from pgq.app import current_app
+
+        self.id = id
+        self.results = list(results)
+        self.app = app or current_app()
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def _states(self) -> dict[str, str]:
+        with self.app.pool.connection() as conn:
+            rows = execute(conn, self.app.queries.get_states,
+                           {"ids": [r.id for r in self.results]})
+        return {str(job_id): state for job_id, state in rows}
+
+    def ready(self) -> bool:
+        states = self._states()
+        return all(states.get(r.id) in READY_STATES for r in self.results)
+
+    def successful(self) -> bool:
+        states = self._states()
+        return all(states.get(r.id) == "SUCCESS" for r in self.results)
+
+    def failed(self) -> bool:
+        return "FAILURE" in self._states().values()
+
+    def completed_count(self) -> int:
+        return sum(1 for state in self._states().values() if state == "SUCCESS")
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            **_: Any) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.app.wait_for([r.id for r in self.results], timeout, self.ready)
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.get(timeout=remaining, propagate=propagate))
+        return values
+
+    join = get
+
+    def revoke(self, terminate: bool = False, **_: Any) -> None:
+        for result in self.results:
+            result.revoke(terminate=terminate)
+
+    def forget(self) -> None:
+        for result in self.results:
+            result.forget()
+
+
+def wait_loop(waiter: ResultWaiter, job_ids: Sequence[str], timeout: float | None,
+              check: Any, fallback: float) -> Any:
+    """Re-check on every wake-up (NOTIFY, reconnect, or a slow safety re-check)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    event = waiter.register(job_ids)
+    try:
+        safety = 0.25
+        while True:
+            event.clear()
+            outcome = check()
+            if _is_done(outcome):
+                return outcome
+            wait = safety
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"job(s) {', '.join(job_ids[:3])} not ready after "
+                                       f"{timeout}s")
+                wait = min(wait, remaining)
+            event.wait(wait)
+            safety = min(safety * 2, fallback)
+    finally:
+        waiter.unregister(job_ids, event)
+
+
+def _is_done(outcome: Any) -> bool:
+    if isinstance(outcome, _Row):
+        return outcome.state in READY_STATES
+    return bool(outcome)

@@ -1,0 +1,198 @@
+"""`@app.task` → Task: call it in-process, send it with delay/apply_async, sign it with .s()."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pgq import request as request_context
+from pgq.errors import MaxRetriesExceededError, Retry
+from pgq.request import Request
+
+if TYPE_CHECKING:
+    from pgq.app import App
+    from pgq.canvas import Signature
+    from pgq.result import AsyncResult
+
+# Decorator options a task accepts (SPEC §2), with their defaults on the Task class.
+TASK_OPTIONS = (
+    "name", "queue", "priority", "max_retries", "default_retry_delay", "autoretry_for",
+    "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "time_limit",
+    "soft_time_limit", "rate_limit", "acks_late", "ignore_result", "expires", "bind", "unique",
+    "serializer", "typing", "track_started", "throws", "shared",
+)
+
+
+class Task:
+    """A registered task. Subclass it and pass `base=` to share behaviour between tasks."""
+
+    name: str = ""
+    app: App
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: ClassVar[dict[str, Any]] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    rate_limit: str | None = None
+    acks_late: bool = True
+    ignore_result: bool = False
+    expires: float | datetime | None = None
+    bind: bool = False
+    unique: bool = False
+    serializer: str | None = None
+    typing: bool = True
+    track_started: bool = True
+    throws: tuple[type[BaseException], ...] = ()
+    shared: bool = True
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"task {self.name!r} has no body")
+
+    # --- calling --------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body here and now, like a plain function call."""
+        request_context.push(Request(args=list(args), kwargs=dict(kwargs), task=self.name))
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            request_context.pop()
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        **options: Any,
+    ) -> AsyncResult:
+        return self.app.send_task(self.name, args, kwargs, connection=connection, _task=self,
+                                  **options)
+
+    def apply(self, args: Sequence[Any] | None = None,
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Run in-process (eagerly); returns the value, as Celery's EagerResult.get() would."""
+        return self(*(args or ()), **(kwargs or {}))
+
+    # --- signatures -----------------------------------------------------------------------
+
+    def signature(self, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        from pgq.canvas import Signature
+
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self.name, args, kwargs, options, immutable=immutable, app=self.app)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        return self.signature(args, kwargs, immutable=True)
+
+    def map(self, iterable: Iterable[Any]) -> Signature:
+        return self.app.tasks["pgq.map"].s(self.name, list(iterable))
+
+    def starmap(self, iterable: Iterable[Sequence[Any]]) -> Signature:
+        return self.app.tasks["pgq.starmap"].s(self.name, [list(x) for x in iterable])
+
+    # --- inside a running task ------------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        return request_context.current() or Request()
+
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Ask the worker to run this job again later. Past `max_retries`, re-raise `exc`
+        (or raise `MaxRetriesExceededError`)."""
+        limit = self.max_retries if max_retries is None else max_retries
+        retries = self.request.retries
+        if limit is not None and retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"can't retry {self.name}[{self.request.id}]: max retries ({limit}) exceeded"
+            )
+        if eta is not None:
+            when: Any = eta
+        else:
+            when = self.default_retry_delay if countdown is None else countdown
+        raise Retry(exc=exc, when=when)
+
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Mapping[str, Any] | None = None, **_: Any) -> None:
+        """Record a custom state (e.g. PROGRESS) with `meta`; visible at once to AsyncResult."""
+        job_id = task_id or self.request.id
+        if job_id is None:
+            return
+        self.app.backend_update_state(job_id, state or "PROGRESS", meta)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:
+        return self.app.AsyncResult(task_id)
+
+    # --- retry policy (used by the executor) ---------------------------------------------
+
+    def autoretry_countdown(self, retries: int) -> float:
+        if self.retry_kwargs.get("countdown") is not None:
+            return float(self.retry_kwargs["countdown"])
+        if not self.retry_backoff:
+            return float(self.default_retry_delay)
+        factor = 1 if self.retry_backoff is True else float(self.retry_backoff)
+        countdown = factor * (2**retries)
+        if self.retry_jitter:
+            countdown = random.uniform(0, countdown)
+        return float(min(self.retry_backoff_max, countdown))
+
+    def effective_max_retries(self) -> int | None:
+        if "max_retries" in self.retry_kwargs:
+            return self.retry_kwargs["max_retries"]  # type: ignore[no-any-return]
+        return self.max_retries
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+
+def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[str, Any]) -> Task:
+    """Build the Task subclass for `fn`, as Celery does: class attributes are the options."""
+    unknown = set(options) - set(TASK_OPTIONS)
+    if unknown:
+        from pgq.errors import ConfigurationError
+
+        raise ConfigurationError(f"unknown task option(s) {sorted(unknown)} on {fn.__qualname__}")
+    name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+    bind = options.get("bind", base.bind)
+    attrs: dict[str, Any] = {
+        **options,
+        "name": name,
+        "app": app,
+        "run": fn if bind else staticmethod(fn),
+        "__doc__": fn.__doc__,
+        "__module__": fn.__module__,
+        "__wrapped__": fn,
+    }
+    if "autoretry_for" in attrs:
+        attrs["autoretry_for"] = tuple(attrs["autoretry_for"])
+    cls = type(fn.__name__, (base,), attrs)
+    return cls()  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""The worker: supervisor (claims, dispatches, completes) → pool → executor."""

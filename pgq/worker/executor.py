@@ -1,0 +1,176 @@
+"""Run one job and return its outcome. No database here: the completer writes outcomes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback as tb
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pgq import request as request_context
+from pgq import serialization
+from pgq.errors import (
+    EncodeError,
+    NotRegistered,
+    Retry,
+    SoftTimeLimitExceeded,
+)
+from pgq.request import Request
+
+if TYPE_CHECKING:
+    from pgq.app import App
+    from pgq.task import Task
+
+
+class Job(NamedTuple):
+    id: str
+    task: str
+    state: str
+    args: str
+    kwargs: str
+    options: str
+    queue: str
+    priority: int
+    eta: datetime | None
+    retries: int
+    attempts: int
+    root_id: str | None
+    parent_id: str | None
+    group_id: str | None
+
+
+class Outcome(NamedTuple):
+    id: str
+    attempts: int
+    state: str  # SUCCESS | FAILURE | RETRY
+    result: str | None  # JSON: the value, or the exception's args for FAILURE/RETRY
+    exc_type: str | None = None
+    exc_message: str | None = None
+    traceback: str | None = None
+    countdown: float = 0.0
+    runtime_ms: float = 0.0
+
+
+def job_options(job: Job) -> dict[str, Any]:
+    return serialization.loads(job.options) if job.options != "{}" else {}
+
+
+def failure(job: Job, exc: BaseException, runtime_ms: float = 0.0,
+            with_traceback: bool = True) -> Outcome:
+    trace = "".join(tb.format_exception(exc)) if with_traceback else None
+    return Outcome(job.id, job.attempts, "FAILURE", _exc_args(exc),
+                   serialization.exception_type_name(exc), str(exc), trace, 0.0, runtime_ms)
+
+
+def retry(job: Job, exc: BaseException | None, countdown: float,
+          runtime_ms: float = 0.0) -> Outcome:
+    if exc is None:
+        return Outcome(job.id, job.attempts, "RETRY", None, None, None, None, countdown,
+                       runtime_ms)
+    return Outcome(job.id, job.attempts, "RETRY", _exc_args(exc),
+                   serialization.exception_type_name(exc), str(exc),
+                   "".join(tb.format_exception(exc)), countdown, runtime_ms)
+
+
+def _exc_args(exc: BaseException) -> str | None:
+    args = serialization.exception_args(exc)
+    return None if args is None else serialization.dumps(args)
+
+
+def max_retries_for(task: Task | None, options: dict[str, Any]) -> int | None:
+    if options.get("max_retries") is not None:
+        return int(options["max_retries"])
+    return task.effective_max_retries() if task is not None else 0
+
+
+def on_error(task: Task | None, job: Job, exc: BaseException, runtime_ms: float) -> Outcome:
+    """FAILURE, or RETRY when the task's `autoretry_for` names the error and retries remain."""
+    options = job_options(job)
+    if task is not None and task.autoretry_for and isinstance(exc, task.autoretry_for):
+        limit = max_retries_for(task, options)
+        if limit is None or job.retries < limit:
+            return retry(job, exc, task.autoretry_countdown(job.retries), runtime_ms)
+    return failure(job, exc, runtime_ms)
+
+
+def lost(task: Task | None, job: Job, exc: BaseException) -> Outcome:
+    """The child running `job` died: retry at once if retries remain (a crash is not the
+    task's failure, so no retry delay applies), else FAILURE."""
+    limit = max_retries_for(task, job_options(job))
+    if task is not None and (limit is None or job.retries < limit):
+        return retry(job, exc, 0.0)
+    return failure(job, exc, with_traceback=False)
+
+
+@contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded inside the task after `seconds` (main thread only)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None = None
+            ) -> Outcome:
+    task = app.tasks.get(job.task)
+    if task is None:
+        return failure(job, NotRegistered(
+            f"task {job.task!r} is not registered in this worker (check -A and include)"),
+            with_traceback=False)
+    started = time.perf_counter()
+    try:
+        options = job_options(job)
+        args = serialization.loads(job.args)
+        kwargs = serialization.loads(job.kwargs)
+        if options.get("content_type") == "pickle":
+            accept = "pickle" in app.conf.accept_content
+            args, kwargs = serialization.maybe_unpickle(args, accept)
+    except Exception as exc:
+        return failure(job, exc)
+    request = Request(
+        id=job.id, task=job.task, args=args, kwargs=kwargs, retries=job.retries,
+        queue=job.queue, priority=job.priority,
+        eta=job.eta.astimezone(UTC) if job.eta else None, hostname=hostname,
+        root_id=job.root_id or job.id, parent_id=job.parent_id, group_id=job.group_id,
+        headers=options.get("headers") or {}, attempts=job.attempts, called_directly=False,
+    )
+    soft_limit = options.get("soft_time_limit") or task.soft_time_limit or default_soft_limit
+    request_context.push(request)
+    try:
+        with soft_time_limit(soft_limit):
+            value = task.run(*args, **kwargs)
+        runtime_ms = (time.perf_counter() - started) * 1000
+        ignore = options.get("ignore_result", task.ignore_result)
+        encoded = None if ignore else serialization.dumps(value, "result")
+        return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms)
+    except Retry as signal_retry:
+        runtime_ms = (time.perf_counter() - started) * 1000
+        return retry(job, signal_retry.exc, _countdown(signal_retry.when), runtime_ms)
+    except EncodeError as exc:
+        return failure(job, exc, (time.perf_counter() - started) * 1000)
+    except Exception as exc:
+        return on_error(task, job, exc, (time.perf_counter() - started) * 1000)
+    finally:
+        request_context.pop()
+
+
+def _countdown(when: Any) -> float:
+    if isinstance(when, datetime):
+        moment = when if when.tzinfo else when.replace(tzinfo=UTC)
+        return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+    return max(0.0, float(when or 0))

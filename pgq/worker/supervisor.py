@@ -1,0 +1,315 @@
+"""`pgq worker`: one loop that waits (LISTEN, children, timers), writes finished jobs and
+claims new ones in one transaction, and hands jobs to the pool."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgq import enqueue
+from pgq.db.connection import connect, execute, first_line
+from pgq.db.listener import Listener
+from pgq.worker.completer import complete_params, done_payloads, followups
+from pgq.worker.executor import Job, Outcome
+from pgq.worker.heartbeat import Heartbeat
+from pgq.worker.pool import POOLS, PoolConfig
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+log = logging.getLogger("pgq.worker")
+
+
+def expand_hostname(template: str | None) -> str:
+    host = socket.gethostname()
+    if not template:
+        return host
+    name, _, domain = host.partition(".")
+    return template.replace("%h", host).replace("%n", name).replace("%d", domain)
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        pool: str = "prefork",
+        hostname: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        prefetch_multiplier: int | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = queues or [app.default_queue]
+        if pool == "solo":
+            concurrency = 1
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.prefetch = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        self.hostname = expand_hostname(hostname)
+        self.id = str(uuid.uuid4())
+        self.pool_name = pool
+        self.pool = POOLS[pool](PoolConfig(
+            app, self.concurrency, self.hostname,
+            max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child or conf.worker_max_memory_per_child,
+            time_limit=time_limit or conf.task_time_limit,
+            soft_time_limit=soft_time_limit or conf.task_soft_time_limit,
+        ))
+        self.poll_interval = float(conf.worker_poll_interval)
+        self.inflight: dict[str, Job] = {}
+        self.held: deque[Job] = deque()
+        self.pending: list[Outcome] = []
+        self.to_terminate: list[str] = []
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.notified = True
+        self.claim_more = True
+        self.last_claim = 0.0
+        self.stopping = False
+        self.cold = False
+        self.conn: psycopg.Connection[Any] | None = None
+        self.db_retry_at = 0.0
+        self.db_backoff = 0.1
+
+    # --- wake-ups ---------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"x")
+
+    def _on_jobs(self, queue: str) -> None:
+        if queue in self.queues:
+            self.notified = True
+            self._wake()
+
+    def _on_control(self, payload: str) -> None:
+        command, _, job_id = payload.partition(":")
+        if command == "terminate" and job_id in self.inflight:
+            self.to_terminate.append(job_id)
+            self._wake()
+
+    def _on_reconnect(self) -> None:
+        self.notified = True  # notifications may have been missed: claim to catch up
+        self._wake()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            log.warning("second signal: cold shutdown, returning running jobs to the queue")
+            self.cold = True
+        else:
+            log.warning("signal %s: warm shutdown (finishing running jobs; again for cold)",
+                        signal.Signals(signum).name)
+            self.stopping = True
+        self._wake()
+
+    # --- database ---------------------------------------------------------------------------
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        execute(conn, self.app.queries.register_worker, {
+            "id": self.id, "hostname": self.hostname, "pid": os.getpid(),
+            "queues": self.queues, "concurrency": self.concurrency, "pool": self.pool_name,
+            "lost_timeout": float(self.app.conf.worker_lost_timeout),
+        })
+
+    def _connection(self) -> psycopg.Connection[Any] | None:
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        if time.monotonic() < self.db_retry_at:
+            return None
+        try:
+            self.conn = connect(self.app.dsn, autocommit=True)
+            self.db_backoff = 0.1
+            self.notified = True
+            return self.conn
+        except Exception as exc:
+            self._db_failed(exc)
+            return None
+
+    def _db_failed(self, exc: BaseException) -> None:
+        log.error("database error (%s); retrying in %.1fs; %d outcome(s) kept to write",
+                  first_line(exc), self.db_backoff, len(self.pending))
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
+        self.db_retry_at = time.monotonic() + self.db_backoff
+        self.db_backoff = min(self.db_backoff * 2, 5.0)
+
+    def _flush_and_claim(self, want: int) -> None:
+        """Write pending outcomes and claim up to `want` jobs, in one transaction."""
+        conn = self._connection()
+        if conn is None:
+            return
+        q = self.app.queries
+        outcomes = self.pending
+        try:
+            claimed: list[tuple[Any, ...]] = []
+            with conn.transaction():
+                if outcomes:
+                    self._complete(conn, outcomes)
+                if want:
+                    claimed = execute(conn, q.claim, {"queues": self.queues, "limit": want,
+                                                      "worker": self.id})
+        except psycopg.Error as exc:
+            self._db_failed(exc)
+            return
+        self.pending = []
+        for outcome in outcomes:
+            self.inflight.pop(outcome.id, None)
+        if want:
+            self.last_claim = time.monotonic()
+            self.claim_more = len(claimed) >= want
+            for row in claimed:
+                job = Job(*row)
+                if job.state == "STARTED":
+                    self.inflight[job.id] = job
+                    self.held.append(job)
+                else:
+                    log.info("job %s (%s) expired before it started: REVOKED", job.id, job.task)
+
+    def _complete(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> None:
+        q = self.app.queries
+        rows = execute(conn, q.complete, complete_params(outcomes, self.id))
+        written = {str(row[0]) for row in rows}
+        if len(written) < len(outcomes):
+            log.warning("%d outcome(s) discarded: their jobs were revoked or rescued meanwhile",
+                        len(outcomes) - len(written))
+        follow = []
+        for outcome in outcomes:
+            job = self.inflight.get(outcome.id)
+            if job is not None and outcome.id in written:
+                follow.extend(followups(self.app, job, outcome))
+        if follow:
+            enqueue.insert(self.app, follow, conn)
+        for payload in done_payloads(str(r[0]) for r in rows if r[1] != "RETRY"):
+            execute(conn, q.notify, {"channel": q.done_channel, "payload": payload})
+        for queue in {r[2] for r in rows if r[1] == "RETRY" and r[3]}:
+            execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
+            self.notified = True
+
+    def _requeue(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        conn = self._connection()
+        if conn is None:
+            return  # the rescuer returns them once this worker's heartbeat is old
+        q = self.app.queries
+        try:
+            with conn.transaction():
+                rows = execute(conn, q.requeue_mine, {"worker": self.id,
+                                                      "ids": [j.id for j in jobs]})
+                for queue in {row[1] for row in rows}:
+                    execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
+            for job in jobs:
+                self.inflight.pop(job.id, None)
+            log.info("returned %d job(s) to their queues", len(rows))
+        except psycopg.Error as exc:
+            self._db_failed(exc)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        conn = connect(self.app.dsn)
+        self._register(conn)
+        conn.close()
+        q = self.app.queries
+        listener = Listener(self.app.dsn, [q.jobs_channel, q.control_channel])
+        listener.on(q.jobs_channel, self._on_jobs)
+        listener.on(q.control_channel, self._on_control)
+        listener.on_reconnect(self._on_reconnect)
+        listener.start()
+        heartbeat = Heartbeat(self.app, self.id, self._register)
+        heartbeat.start()
+        self.pool.start()
+        log.info("worker %s ready: host %s, queues %s, %s pool of %d", self.id, self.hostname,
+                 ",".join(self.queues), self.pool_name, self.concurrency)
+        try:
+            self._loop()
+        finally:
+            interrupted = self.pool.stop(cold=True) if self.cold else self.pool.stop(cold=False)
+            self._requeue([*interrupted, *self.held])
+            self.held.clear()
+            if self.pending:
+                self._flush_and_claim(0)
+            listener.stop()
+            heartbeat.stop()
+            with contextlib.suppress(Exception), connect(self.app.dsn) as last:
+                execute(last, q.stop_worker, {"id": self.id})
+            if self.conn is not None:
+                self.conn.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("worker %s stopped", self.id)
+        return 0
+
+    def _loop(self) -> None:
+        while True:
+            if self.cold:
+                return
+            if self.stopping:
+                if self.held:
+                    self._requeue(list(self.held))
+                    self.held.clear()
+                if self.pool.busy() == 0 and not self.pending:
+                    return
+            ready = wait([*self.pool.waitables(), self.wake_r], self._timeout())
+            if self.wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+            self.pending.extend(self.pool.collect(ready))
+            self.pending.extend(self.pool.expire())
+            while self.to_terminate:
+                self.pool.terminate(self.to_terminate.pop())
+            want = self._want()
+            if self.pending or want:
+                self._flush_and_claim(want)
+            while self.held and self.pool.free() > 0:
+                self.pool.submit(self.held.popleft())
+                if self.pool.has_ready():
+                    self.pending.extend(self.pool.collect([]))
+
+    def _capacity(self) -> int:
+        if self.stopping:
+            return 0
+        return self.concurrency * self.prefetch - self.pool.busy() - len(self.held)
+
+    def _want(self) -> int:
+        capacity = self._capacity()
+        if capacity <= 0:
+            return 0
+        poll_due = time.monotonic() - self.last_claim >= self.poll_interval
+        if self.notified or self.claim_more or poll_due:
+            self.notified = False
+            return capacity
+        return 0
+
+    def _timeout(self) -> float:
+        if self.pool.has_ready() or (self.pending and self.conn is not None):
+            return 0.0
+        timeout = max(0.0, self.poll_interval - (time.monotonic() - self.last_claim))
+        if (self.notified or self.claim_more) and self._capacity() > 0:
+            timeout = 0.0
+        deadline = self.pool.next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        if self.conn is None:
+            timeout = min(timeout, max(0.01, self.db_retry_at - time.monotonic()))
+        return timeout
