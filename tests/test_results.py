@@ -1,0 +1,131 @@
+"""Results and states: retries, progress, revoke, forget, ignore_result, expiry, pruning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from apps.basic import (
+    add,
+    always_connection_error,
+    ignored,
+    progress,
+    retry_until,
+    sleep,
+)
+
+import pgq
+
+PGQ = str(Path(sys.executable).parent / "pgq")
+
+
+def test_self_retry_until_success(app, start_worker):
+    start_worker("-c", "1")
+    result = retry_until.delay(2)
+    assert result.get(timeout=10) == 2
+    assert result.retries == 2
+
+
+def test_retry_past_max_reraises_the_exception(app, start_worker):
+    start_worker("-c", "1")
+    result = retry_until.delay(10)  # max_retries=3
+    with pytest.raises(KeyError):
+        result.get(timeout=15)
+    assert result.retries == 3
+
+
+def test_autoretry_for_with_backoff_then_failure(app, start_worker, db):
+    start_worker("-c", "1")
+    result = always_connection_error.delay()
+    with pytest.raises(ConnectionError, match="attempt 2"):
+        result.get(timeout=15)
+    assert result.retries == 2
+    assert result.state == "FAILURE"
+
+
+def test_update_state_is_visible_at_once(app, start_worker, tmp_path):
+    start_worker("-c", "1")
+    release = tmp_path / "release"
+    result = progress.delay(str(release))
+    deadline_state = None
+    for _ in range(500):
+        deadline_state = result.state
+        if deadline_state == "PROGRESS":
+            break
+        import time
+        time.sleep(0.01)
+    assert deadline_state == "PROGRESS"
+    assert result.info == {"step": 1}
+    release.write_text("go")
+    assert result.get(timeout=10) == "done"
+    assert result.state == "SUCCESS"
+
+
+def test_started_state_while_running(app, start_worker):
+    start_worker("-c", "1")
+    result = sleep.delay(1.0)
+    import time
+    deadline = time.monotonic() + 10
+    while result.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert result.state == "STARTED"
+    assert result.get(timeout=10) == 1.0
+
+
+def test_revoke_pending_job_never_runs(app, start_worker, db):
+    result = add.delay(1, 2)
+    result.revoke()
+    assert result.state == "REVOKED"
+    start_worker("-c", "1")
+    with pytest.raises(pgq.TaskRevokedError):
+        result.get(timeout=5)
+    started = db.execute("SELECT started_at FROM pgq.jobs WHERE id = %s", (result.id,))
+    assert started.fetchone()[0] is None
+
+
+def test_expired_job_is_revoked_not_run(app, start_worker, db):
+    result = add.apply_async((1, 2), expires=0.01)
+    import time
+    time.sleep(0.05)
+    start_worker("-c", "1")
+    with pytest.raises(pgq.TaskRevokedError):
+        result.get(timeout=10)
+    assert result.state == "REVOKED"
+
+
+def test_forget_deletes_the_result(app, start_worker):
+    start_worker("-c", "1")
+    result = add.delay(2, 2)
+    assert result.get(timeout=10) == 4
+    result.forget()
+    assert app.AsyncResult(result.id).state == "PENDING"
+
+
+def test_unknown_id_reads_pending(app):
+    result = pgq.AsyncResult("00000000-0000-0000-0000-000000000001")
+    assert result.state == "PENDING" and result.result is None and not result.ready()
+
+
+def test_ignore_result_tracks_state_but_not_value(app, start_worker):
+    start_worker("-c", "1")
+    result = ignored.delay(7)
+    assert result.get(timeout=10) is None
+    assert result.state == "SUCCESS"
+
+
+def test_prune_deletes_results_past_expiry(app, start_worker, db, dsn):
+    start_worker("-c", "1")
+    old, new = add.delay(1, 1), add.delay(2, 2)
+    old.get(timeout=10), new.get(timeout=10)
+    db.execute("UPDATE pgq.jobs SET finished_at = now() - interval '2 days' WHERE id = %s",
+               (old.id,))
+    out = subprocess.run([PGQ, "prune", "-A", "apps.basic"], capture_output=True, text=True,
+                         check=True)
+    assert "pruned 1" in out.stdout
+    assert app.AsyncResult(old.id).state == "PENDING"
+    assert app.AsyncResult(new.id).state == "SUCCESS"
+    out = subprocess.run([PGQ, "prune", "-A", "apps.basic", "--older-than", "0s"],
+                         capture_output=True, text=True, check=True)
+    assert "pruned 1" in out.stdout
