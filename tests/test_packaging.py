@@ -62,7 +62,8 @@ def test_embedded_server_is_shared_by_producer_and_worker(tmp_path):
     try:
         code = "from embapp import mul; print(mul.delay(6, 7).get(timeout=30))"
         producer = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=60)
         assert producer.returncode == 0, producer.stderr
         assert producer.stdout.strip() == "42"
         assert "embedded PostgreSQL" in producer.stderr  # the one line saying so
