@@ -68,7 +68,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "worker_concurrency": (None, _int_or_none),
     "worker_max_tasks_per_child": (None, _int_or_none),
     "worker_max_memory_per_child": (None, _int_or_none),
-    "worker_prefetch_multiplier": (1, int),
+    "worker_prefetch_multiplier": (None, _int_or_none),  # None: sized from run times
     "worker_pool": ("prefork", str),
     "beat_schedule": ({}, _json_env),
     "timezone": ("UTC", str),

@@ -22,13 +22,20 @@ SELECT unique_key, id FROM {schema}.jobs
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STARTED')
 
 -- name: claim
-WITH picked AS (
-    SELECT id FROM {schema}.jobs
-    WHERE state IN ('PENDING', 'RETRY') AND queue = ANY(%(queues)s::text[])
-      AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+-- Per queue (so each scan walks the jobs_ready index in claim order, never sorting the
+-- backlog), then the best `limit` of those. Rows locked but not taken are released at commit.
+WITH candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) AS q(name),
+    LATERAL (
+        SELECT id, priority, run_at FROM {schema}.jobs
+        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS (
+    SELECT id FROM candidates ORDER BY priority DESC, run_at, id LIMIT %(limit)s
 )
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,

@@ -59,7 +59,8 @@ class Worker:
         if pool == "solo":
             concurrency = 1
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
-        self.prefetch = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        # None: size the prefetch from measured run times (see _buffer).
+        self.fixed_prefetch = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.hostname = expand_hostname(hostname)
         self.id = str(uuid.uuid4())
         self.pool_name = pool
@@ -74,6 +75,9 @@ class Worker:
         self.inflight: dict[str, Job] = {}
         self.held: deque[Job] = deque()
         self.pending: list[Outcome] = []
+        self.pending_since = 0.0
+        self.claimed_at: dict[str, float] = {}
+        self.runtime_ms = 10.0  # moving average of job run time
         self.to_terminate: list[str] = []
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -172,13 +176,16 @@ class Worker:
         self.pending = []
         for outcome in outcomes:
             self.inflight.pop(outcome.id, None)
+            self.claimed_at.pop(outcome.id, None)
         if want:
+            now = time.monotonic()
             self.last_claim = time.monotonic()
             self.claim_more = len(claimed) >= want
             for row in claimed:
                 job = Job(*row)
                 if job.state == "STARTED":
                     self.inflight[job.id] = job
+                    self.claimed_at[job.id] = now
                     self.held.append(job)
                 else:
                     log.info("job %s (%s) expired before it started: REVOKED", job.id, job.task)
@@ -218,6 +225,7 @@ class Worker:
                     execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
             for job in jobs:
                 self.inflight.pop(job.id, None)
+                self.claimed_at.pop(job.id, None)
             log.info("returned %d job(s) to their queues", len(rows))
         except psycopg.Error as exc:
             self._db_failed(exc)
@@ -274,26 +282,53 @@ class Worker:
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
-            self.pending.extend(self.pool.collect(ready))
-            self.pending.extend(self.pool.expire())
+            self._note(self.pool.collect(ready))
+            self._note(self.pool.expire())
             while self.to_terminate:
                 self.pool.terminate(self.to_terminate.pop())
+            self._return_stale_held()
             want = self._want()
-            if self.pending or want:
+            if want or self._should_flush():
                 self._flush_and_claim(want)
             while self.held and self.pool.free() > 0:
                 self.pool.submit(self.held.popleft())
                 if self.pool.has_ready():
-                    self.pending.extend(self.pool.collect([]))
+                    self._note(self.pool.collect([]))
+
+    def _note(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.extend(outcomes)
+        for outcome in outcomes:
+            self.runtime_ms += (outcome.runtime_ms - self.runtime_ms) * 0.1
+
+    # --- batching ---------------------------------------------------------------------------
+    # Outcomes are written in batches, and claims take more than the free slots when jobs are
+    # short: one commit then carries many jobs. The extra ("held") jobs are sized so they wait
+    # about HOLD_TARGET_MS in this process; any held longer than MAX_HOLD_S (children stuck on
+    # long jobs) go back to the queue for other workers.
+
+    HOLD_TARGET_MS = 50.0
+    MAX_HOLD_S = 1.0
+    FLUSH_AFTER_S = 0.02
+    FLUSH_BATCH = 64
+
+    def _buffer(self) -> int:
+        if self.fixed_prefetch is not None:
+            return self.concurrency * (self.fixed_prefetch - 1)
+        per_slot = self.HOLD_TARGET_MS / max(self.runtime_ms, 0.05)
+        return min(int(self.concurrency * per_slot), self.concurrency * 32, 256)
 
     def _capacity(self) -> int:
         if self.stopping:
             return 0
-        return self.concurrency * self.prefetch - self.pool.busy() - len(self.held)
+        return self.concurrency + self._buffer() - self.pool.busy() - len(self.held)
 
     def _want(self) -> int:
         capacity = self._capacity()
-        if capacity <= 0:
+        if capacity <= 0 or len(self.held) > self._buffer() // 2:
             return 0
         poll_due = time.monotonic() - self.last_claim >= self.poll_interval
         if self.notified or self.claim_more or poll_due:
@@ -301,15 +336,37 @@ class Worker:
             return capacity
         return 0
 
+    def _should_flush(self) -> bool:
+        if not self.pending:
+            return False
+        idle = self.pool.busy() == 0 and not self.held
+        return (idle or self.stopping or len(self.pending) >= self.FLUSH_BATCH
+                or time.monotonic() - self.pending_since >= self.FLUSH_AFTER_S)
+
+    def _return_stale_held(self) -> None:
+        if self.held and self.pool.free() == 0:
+            oldest = self.held[0]
+            if time.monotonic() - self.claimed_at.get(oldest.id, 0) > self.MAX_HOLD_S:
+                log.info("children busy: returning %d claimed job(s) to the queue",
+                         len(self.held))
+                self._requeue(list(self.held))
+                self.held.clear()
+                self.runtime_ms = max(self.runtime_ms, self.MAX_HOLD_S * 1000)
+
     def _timeout(self) -> float:
-        if self.pool.has_ready() or (self.pending and self.conn is not None):
+        if self.pool.has_ready():
             return 0.0
-        timeout = max(0.0, self.poll_interval - (time.monotonic() - self.last_claim))
+        now = time.monotonic()
+        timeout = max(0.0, self.poll_interval - (now - self.last_claim))
         if (self.notified or self.claim_more) and self._capacity() > 0:
             timeout = 0.0
+        if self.pending:
+            timeout = min(timeout, max(0.0, self.pending_since + self.FLUSH_AFTER_S - now))
+        if self.held:
+            timeout = min(timeout, self.MAX_HOLD_S)
         deadline = self.pool.next_deadline()
         if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            timeout = min(timeout, max(0.0, deadline - now))
         if self.conn is None:
-            timeout = min(timeout, max(0.01, self.db_retry_at - time.monotonic()))
+            timeout = min(timeout, max(0.01, self.db_retry_at - now))
         return timeout
