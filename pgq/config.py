@@ -7,6 +7,7 @@ are accepted with one warning; any other name raises `ConfigurationError`, so ty
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import types
@@ -126,6 +127,7 @@ class Settings(Mapping[str, Any]):
 
     def __init__(self, **explicit: Any) -> None:
         object.__setattr__(self, "_explicit", {})
+        object.__setattr__(self, "_resolved", {})  # env/default lookups, read once
         object.__setattr__(self, "_warned", set())
         self.update(**explicit)
 
@@ -136,6 +138,7 @@ class Settings(Mapping[str, Any]):
         for name, value in items.items():
             if name in SETTINGS:
                 self._explicit[name] = value if value is None else SETTINGS[name][1](value)
+                self._resolved.pop(name, None)
 
     def _check_name(self, name: str) -> None:
         if name in SETTINGS:
@@ -157,6 +160,11 @@ class Settings(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if name in self._explicit:
             return self._explicit[name]
+        if name not in self._resolved:
+            self._resolved[name] = self._from_env_or_default(name)
+        return self._resolved[name]
+
+    def _from_env_or_default(self, name: str) -> Any:
         if name not in SETTINGS:
             raise KeyError(name)
         default, convert = SETTINGS[name]
@@ -168,7 +176,7 @@ class Settings(Mapping[str, Any]):
                 raise ConfigurationError(
                     f"environment variable PGQ_{name.upper()}={env!r} is not valid: {exc}"
                 ) from None
-        return default
+        return copy.deepcopy(default)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from pgq import request as request_context
 from pgq import serialization
 from pgq.db.connection import dbapi_connection, execute
@@ -35,6 +37,9 @@ IGNORED_OPTIONS = frozenset({"retry", "retry_policy", "serializer", "compression
                              "routing_key", "task_id", "connection", "unique_key", "queue",
                              "priority", "countdown", "eta", "expires", "subtask_type"})
 
+ALLOWED_OPTIONS = frozenset(RUNTIME_OPTIONS) | IGNORED_OPTIONS | {"group_id", "root_id",
+                                                                   "parent_id"}
+
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
@@ -51,6 +56,7 @@ class JobRow:
     root_id: str | None
     parent_id: str | None
     group_id: str | None
+    chosen_id: bool = False  # the caller gave task_id: it may already exist
 
 
 def build_row(
@@ -61,23 +67,24 @@ def build_row(
     options: Mapping[str, Any],
     task: Task | None = None,
 ) -> JobRow:
-    unknown = set(options) - set(RUNTIME_OPTIONS) - IGNORED_OPTIONS - {"group_id", "root_id",
-                                                                       "parent_id"}
-    if unknown:
-        raise InvalidOption(f"unknown calling option(s) {sorted(unknown)} for task {name!r}")
-    job_id = _task_id(options.get("task_id"))
+    if options and not options.keys() <= ALLOWED_OPTIONS:
+        unknown = sorted(set(options) - ALLOWED_OPTIONS)
+        raise InvalidOption(f"unknown calling option(s) {unknown} for task {name!r}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidOption(f"kwargs for {name!r} must be a mapping, not "
+                            f"{type(kwargs).__name__}")
     args = list(args or ())
     kwargs = dict(kwargs or {})
-    if not isinstance(kwargs, dict):
-        raise InvalidOption(f"kwargs for {name!r} must be a mapping")
-    encoded_args, encoded_kwargs = _encode_payload(app, task, args, kwargs)
+    pickled = _uses_pickle(app, task)
+    encoded_args, encoded_kwargs = _encode_payload(app, pickled, args, kwargs)
     runtime = {key: options[key] for key in RUNTIME_OPTIONS if options.get(key) is not None}
-    if _uses_pickle(app, task):
+    if pickled:
         runtime["content_type"] = "pickle"
     parent = request_context.current()
-    in_job = parent is not None and not parent.called_directly and parent.id is not None
+    if parent is None or parent.called_directly or parent.id is None:
+        parent = None
     return JobRow(
-        id=job_id,
+        id=_task_id(options.get("task_id")),
         task=name,
         queue=_queue(app, name, task, options),
         priority=_priority(app, task, options.get("priority")),
@@ -87,9 +94,10 @@ def build_row(
         run_at=_run_at(options.get("countdown"), options.get("eta")),
         expires_at=_expires_at(options.get("expires", task.expires if task else None)),
         unique_key=_unique_key(name, task, args, kwargs, options.get("unique_key")),
-        root_id=options.get("root_id") or (parent.root_id if in_job and parent else None),
-        parent_id=options.get("parent_id") or (parent.id if in_job and parent else None),
+        root_id=options.get("root_id") or (parent.root_id if parent else None),
+        parent_id=options.get("parent_id") or (parent.id if parent else None),
         group_id=options.get("group_id"),
+        chosen_id=options.get("task_id") is not None,
     )
 
 
@@ -99,9 +107,9 @@ def _uses_pickle(app: App, task: Task | None) -> bool:
 
 
 def _encode_payload(
-    app: App, task: Task | None, args: list[Any], kwargs: dict[str, Any]
+    app: App, pickled: bool, args: list[Any], kwargs: dict[str, Any]
 ) -> tuple[str, str]:
-    if _uses_pickle(app, task):
+    if pickled:
         if "pickle" not in app.conf.accept_content:
             raise InvalidOption(
                 "task_serializer='pickle' needs accept_content to include 'pickle'"
@@ -199,9 +207,40 @@ def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str
         return _insert_on(app, conn, rows)
 
 
+COPY_THRESHOLD = 100
+
+
 def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
-    q = app.queries
+    if len(rows) == 1:
+        inserted = _insert_one(app, conn, rows[0])
+    elif (len(rows) >= COPY_THRESHOLD and isinstance(conn, psycopg.Connection)
+          and not any(r.unique_key or r.chosen_id for r in rows)):
+        _copy_rows(app, conn, rows)
+        return [r.id for r in rows]
+    else:
+        inserted = {str(row[0]) for row in execute(conn, app.queries.enqueue, _arrays(rows))}
+    ids = [r.id for r in rows]
+    skipped_keys = [r.unique_key for r in rows if r.id not in inserted and r.unique_key]
+    if skipped_keys:
+        existing = {key: str(job_id) for key, job_id in
+                    execute(conn, app.queries.find_unique, {"keys": skipped_keys})}
+        ids = [existing.get(r.unique_key, r.id) if r.id not in inserted and r.unique_key
+               else r.id for r in rows]
+    return ids
+
+
+def _insert_one(app: App, conn: Any, row: JobRow) -> set[str]:
     params = {
+        "id": row.id, "task": row.task, "queue": row.queue, "priority": row.priority,
+        "args": row.args, "kwargs": row.kwargs, "options": row.options, "run_at": row.run_at,
+        "expires_at": row.expires_at, "unique_key": row.unique_key, "root_id": row.root_id,
+        "parent_id": row.parent_id, "group_id": row.group_id,
+    }
+    return {str(r[0]) for r in execute(conn, app.queries.enqueue_one, params)}
+
+
+def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
+    return {
         "ids": [r.id for r in rows],
         "tasks": [r.task for r in rows],
         "queues": [r.queue for r in rows],
@@ -216,12 +255,12 @@ def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
         "parent_ids": [r.parent_id for r in rows],
         "group_ids": [r.group_id for r in rows],
     }
-    inserted = {str(row[0]) for row in execute(conn, q.enqueue, params)}
-    ids = [r.id for r in rows]
-    skipped_keys = [r.unique_key for r in rows if r.id not in inserted and r.unique_key]
-    if skipped_keys:
-        existing = {key: str(job_id) for key, job_id in
-                    execute(conn, q.find_unique, {"keys": skipped_keys})}
-        ids = [existing.get(r.unique_key, r.id) if r.id not in inserted and r.unique_key
-               else r.id for r in rows]
-    return ids
+
+
+def _copy_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow]) -> None:
+    now = datetime.now(UTC)
+    with conn.cursor().copy(app.queries.enqueue_copy) as copy:
+        for r in rows:
+            copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
+                            r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
+                            r.parent_id, r.group_id))

@@ -17,6 +17,22 @@ FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(priorities
 ON CONFLICT DO NOTHING
 RETURNING id
 
+-- name: enqueue_one
+INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
+                           expires_at, unique_key, root_id, parent_id, group_id)
+VALUES (%(id)s::uuid, %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+        %(options)s::jsonb, coalesce(%(run_at)s::timestamptz, now()), %(run_at)s::timestamptz,
+        %(expires_at)s::timestamptz, %(unique_key)s, coalesce(%(root_id)s::uuid, %(id)s::uuid),
+        %(parent_id)s::uuid, %(group_id)s::uuid)
+ON CONFLICT DO NOTHING
+RETURNING id
+
+-- name: enqueue_copy
+-- Bulk path for new ids without unique keys (nothing can conflict): COPY is the fastest way in.
+COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
+                    root_id, parent_id, group_id)
+FROM STDIN
+
 -- name: find_unique
 SELECT unique_key, id FROM {schema}.jobs
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STARTED')
