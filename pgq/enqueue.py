@@ -78,6 +78,9 @@ def build_row(
     pickled = _uses_pickle(app, task)
     encoded_args, encoded_kwargs = _encode_payload(app, pickled, args, kwargs)
     runtime = {key: options[key] for key in RUNTIME_OPTIONS if options.get(key) is not None}
+    for callbacks in ("link", "link_error"):  # one signature or a list of them
+        if isinstance(runtime.get(callbacks), Mapping):
+            runtime[callbacks] = [runtime[callbacks]]
     if pickled:
         runtime["content_type"] = "pickle"
     parent = request_context.current()
