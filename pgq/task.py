@@ -174,6 +174,29 @@ class Task:
         return f"<@task: {self.name}>"
 
 
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def rate_interval(rate_limit: str | float | None) -> float | None:
+    """Seconds between two runs for Celery's `"N/s"`, `"N/m"`, `"N/h"` (a bare number is per
+    second); None when there is no limit."""
+    if rate_limit is None or rate_limit == "":
+        return None
+    text = str(rate_limit).strip()
+    count, _, unit = text.partition("/")
+    try:
+        per_unit = float(count)
+        seconds = _RATE_UNITS[unit.strip()[:1] or "s"]
+    except (ValueError, KeyError):
+        from pgq.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"rate_limit {rate_limit!r} is not like '10/s', '100/m' or '1000/h'") from None
+    if per_unit <= 0:
+        return None
+    return seconds / per_unit
+
+
 def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[str, Any]) -> Task:
     """Build the Task subclass for `fn`, as Celery does: class attributes are the options."""
     unknown = set(options) - set(TASK_OPTIONS)
@@ -194,5 +217,6 @@ def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[
     }
     if "autoretry_for" in attrs:
         attrs["autoretry_for"] = tuple(attrs["autoretry_for"])
+    rate_interval(attrs.get("rate_limit"))  # a bad rate limit fails at registration
     cls = type(fn.__name__, (base,), attrs)
     return cls()  # type: ignore[no-any-return]

@@ -41,29 +41,31 @@ WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STAR
 -- Per queue (so each scan walks the jobs_ready index in claim order, never sorting the
 -- backlog), then the best `limit` of those. Rows locked but not taken are released at commit.
 WITH candidates AS (
-    SELECT c.id, c.priority, c.run_at
+    SELECT c.id, c.priority, c.run_at, c.rate_reserved
     FROM unnest(%(queues)s::text[]) AS q(name),
     LATERAL (
-        SELECT id, priority, run_at FROM {schema}.jobs
+        SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
         WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
 ), picked AS (
-    SELECT id FROM candidates ORDER BY priority DESC, run_at, id LIMIT %(limit)s
+    SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
 )
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
     worker_id = %(worker)s,
     attempts = j.attempts + 1,
     started_at = now(),
-    finished_at = CASE WHEN j.expires_at <= now() THEN now() END
+    finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+    rate_reserved = false
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id::text, j.task, j.state, j.args::text, j.kwargs::text, j.options::text, j.queue,
           j.priority, j.eta, j.retries, j.attempts, j.root_id::text, j.parent_id::text,
-          j.group_id::text
+          j.group_id::text, picked.rate_reserved
 
 -- name: complete
 -- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
@@ -89,6 +91,31 @@ FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)
 WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
   AND j.worker_id = %(worker)s
 RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+
+-- name: rate_slots
+-- GCRA: `tat` is when the task's next slot is free. Reserve `n` consecutive slots, one every
+-- `interval` seconds, and return the first; the row lock serialises workers per task.
+INSERT INTO {schema}.rate_limits AS r (task, tat)
+VALUES (%(task)s, now() + %(n)s * make_interval(secs => %(interval)s))
+ON CONFLICT (task) DO UPDATE
+SET tat = greatest(r.tat, now()) + %(n)s * make_interval(secs => %(interval)s)
+RETURNING r.tat - %(n)s * make_interval(secs => %(interval)s) AS first_slot, now()
+
+-- name: defer
+-- Jobs over their rate limit go back with their reserved slot as run_at (no retry spent).
+UPDATE {schema}.jobs AS j
+SET state = 'PENDING', worker_id = NULL, started_at = NULL, attempts = j.attempts - 1,
+    run_at = d.run_at, rate_reserved = true
+FROM unnest(%(ids)s::uuid[], %(run_ats)s::timestamptz[]) AS d(id, run_at)
+WHERE j.id = d.id AND j.state = 'STARTED' AND j.worker_id = %(worker)s
+
+-- name: release_unknown
+-- After a commit whose outcome was lost with the connection: jobs this worker claimed but
+-- never received go back to their queue.
+UPDATE {schema}.jobs
+SET state = 'PENDING', worker_id = NULL, started_at = NULL, attempts = attempts - 1
+WHERE state = 'STARTED' AND worker_id = %(worker)s AND NOT (id = ANY(%(known)s::uuid[]))
+RETURNING id, queue
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)

@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from datetime import timedelta
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ import psycopg
 from pgq import enqueue
 from pgq.db.connection import connect, execute, first_line
 from pgq.db.listener import Listener
+from pgq.errors import PgqError
+from pgq.task import rate_interval
 from pgq.worker.completer import complete_params, done_payloads, followups
 from pgq.worker.executor import Job, Outcome
 from pgq.worker.heartbeat import Heartbeat
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from pgq.app import App
 
 log = logging.getLogger("pgq.worker")
+RATE_TOLERANCE = timedelta(milliseconds=2)
 
 
 def expand_hostname(template: str | None) -> str:
@@ -88,6 +92,8 @@ class Worker:
         self.stopping = False
         self.cold = False
         self.conn: psycopg.Connection[Any] | None = None
+        self.claim_uncertain = True  # at start: release anything claimed in our name
+        self.next_due = float("inf")  # monotonic time a deferred (rate-limited) job is due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
 
@@ -163,13 +169,24 @@ class Worker:
         q = self.app.queries
         outcomes = self.pending
         try:
-            claimed: list[tuple[Any, ...]] = []
+            if self.claim_uncertain:
+                self._release_unknown(conn)
+            claimed: list[Job] = []
             with conn.transaction():
                 if outcomes:
                     self._complete(conn, outcomes)
                 if want:
-                    claimed = execute(conn, q.claim, {"queues": self.queues, "limit": want,
-                                                      "worker": self.id})
+                    self.claim_uncertain = True
+                    rows = execute(conn, q.claim, {"queues": self.queues, "limit": want,
+                                                   "worker": self.id})
+                    claimed = self._apply_rate_limits(conn, rows)
+            self.claim_uncertain = False
+        except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
+            # Not the connection: some outcome cannot be stored. Find it, fail it, go on.
+            log.error("cannot write a batch of outcomes (%s); writing them one by one",
+                      first_line(exc))
+            self.pending = [self._storable(conn, o) for o in outcomes]
+            return
         except psycopg.Error as exc:
             self._db_failed(exc)
             return
@@ -179,16 +196,73 @@ class Worker:
             self.claimed_at.pop(outcome.id, None)
         if want:
             now = time.monotonic()
-            self.last_claim = time.monotonic()
+            self.last_claim = now
             self.claim_more = len(claimed) >= want
-            for row in claimed:
-                job = Job(*row)
+            for job in claimed:
                 if job.state == "STARTED":
                     self.inflight[job.id] = job
                     self.claimed_at[job.id] = now
                     self.held.append(job)
                 else:
                     log.info("job %s (%s) expired before it started: REVOKED", job.id, job.task)
+
+    def _storable(self, conn: psycopg.Connection[Any], outcome: Outcome) -> Outcome:
+        """`outcome` if it can be written, else a FAILURE saying why it could not."""
+        try:
+            with conn.transaction(force_rollback=True):
+                self._complete(conn, [outcome])
+            return outcome
+        except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
+            return Outcome(outcome.id, outcome.attempts, "FAILURE", None,
+                           "pgq.errors.EncodeError",
+                           f"the job's outcome cannot be stored in PostgreSQL: {first_line(exc)}",
+                           None, 0.0, outcome.runtime_ms)
+
+    def _release_unknown(self, conn: psycopg.Connection[Any]) -> None:
+        """The last claim's commit may have happened without our seeing its rows: put any job
+        claimed in our name that we do not hold back in its queue."""
+        q = self.app.queries
+        with conn.transaction():
+            rows = execute(conn, q.release_unknown, {"worker": self.id,
+                                                     "known": list(self.inflight)})
+            for queue in {row[1] for row in rows}:
+                execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
+        if rows:
+            log.warning("returned %d job(s) claimed during a lost connection", len(rows))
+        self.claim_uncertain = False
+
+    def _apply_rate_limits(self, conn: psycopg.Connection[Any],
+                           rows: list[tuple[Any, ...]]) -> list[Job]:
+        """Keep the jobs whose task is under its rate limit; give every other job of a
+        rate-limited task its own future slot (GCRA), so it is neither run early nor polled."""
+        jobs: list[Job] = []
+        limited: dict[str, list[Job]] = {}
+        for row in rows:
+            job, reserved = Job(*row[:-1]), row[-1]
+            task = self.app.tasks.get(job.task)
+            if reserved or job.state != "STARTED" or task is None or not task.rate_limit:
+                jobs.append(job)
+            else:
+                limited.setdefault(job.task, []).append(job)
+        deferred_ids, deferred_at = [], []
+        q = self.app.queries
+        for name, group in limited.items():
+            interval = rate_interval(self.app.tasks[name].rate_limit) or 0.0
+            ((first, now),) = execute(conn, q.rate_slots, {"task": name, "n": len(group),
+                                                           "interval": interval})
+            for k, job in enumerate(group):
+                slot = first + timedelta(seconds=k * interval)
+                if slot <= now + RATE_TOLERANCE:
+                    jobs.append(job)
+                else:
+                    deferred_ids.append(job.id)
+                    deferred_at.append(slot)
+        if deferred_ids:
+            execute(conn, q.defer, {"ids": deferred_ids, "run_ats": deferred_at,
+                                    "worker": self.id})
+            soonest = min(deferred_at).timestamp() - time.time()
+            self.next_due = min(self.next_due, time.monotonic() + max(0.0, soonest))
+        return jobs
 
     def _complete(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> None:
         q = self.app.queries
@@ -201,7 +275,10 @@ class Worker:
         for outcome in outcomes:
             job = self.inflight.get(outcome.id)
             if job is not None and outcome.id in written:
-                follow.extend(followups(self.app, job, outcome))
+                try:
+                    follow.extend(followups(self.app, job, outcome))
+                except PgqError as exc:  # a bad callback must not stop the worker
+                    log.error("job %s: cannot enqueue its callbacks: %s", job.id, exc)
         if follow:
             enqueue.insert(self.app, follow, conn)
         for payload in done_payloads(str(r[0]) for r in rows if r[1] != "RETRY"):
@@ -330,7 +407,10 @@ class Worker:
         capacity = self._capacity()
         if capacity <= 0 or len(self.held) > self._buffer() // 2:
             return 0
-        poll_due = time.monotonic() - self.last_claim >= self.poll_interval
+        now = time.monotonic()
+        poll_due = now - self.last_claim >= self.poll_interval or now >= self.next_due
+        if poll_due:
+            self.next_due = float("inf")
         if self.notified or self.claim_more or poll_due:
             self.notified = False
             return capacity
@@ -357,7 +437,8 @@ class Worker:
         if self.pool.has_ready():
             return 0.0
         now = time.monotonic()
-        timeout = max(0.0, self.poll_interval - (now - self.last_claim))
+        timeout = max(0.0, min(self.poll_interval - (now - self.last_claim),
+                               self.next_due - now))
         if (self.notified or self.claim_more) and self._capacity() > 0:
             timeout = 0.0
         if self.pending:
