@@ -4,6 +4,7 @@ claims new ones in one transaction, and hands jobs to the pool."""
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import signal
@@ -93,7 +94,7 @@ class Worker:
         self.cold = False
         self.conn: psycopg.Connection[Any] | None = None
         self.claim_uncertain = True  # at start: release anything claimed in our name
-        self.next_due = float("inf")  # monotonic time a deferred (rate-limited) job is due
+        self.due_times: list[float] = []  # heap: monotonic times deferred jobs come due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
 
@@ -260,8 +261,9 @@ class Worker:
         if deferred_ids:
             execute(conn, q.defer, {"ids": deferred_ids, "run_ats": deferred_at,
                                     "worker": self.id})
-            soonest = min(deferred_at).timestamp() - time.time()
-            self.next_due = min(self.next_due, time.monotonic() + max(0.0, soonest))
+            offset = time.monotonic() - time.time()
+            for slot in deferred_at:
+                heapq.heappush(self.due_times, slot.timestamp() + offset)
         return jobs
 
     def _complete(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> None:
@@ -408,9 +410,10 @@ class Worker:
         if capacity <= 0 or len(self.held) > self._buffer() // 2:
             return 0
         now = time.monotonic()
-        poll_due = now - self.last_claim >= self.poll_interval or now >= self.next_due
-        if poll_due:
-            self.next_due = float("inf")
+        poll_due = now - self.last_claim >= self.poll_interval
+        while self.due_times and self.due_times[0] <= now:
+            heapq.heappop(self.due_times)
+            poll_due = True
         if self.notified or self.claim_more or poll_due:
             self.notified = False
             return capacity
@@ -437,8 +440,8 @@ class Worker:
         if self.pool.has_ready():
             return 0.0
         now = time.monotonic()
-        timeout = max(0.0, min(self.poll_interval - (now - self.last_claim),
-                               self.next_due - now))
+        next_due = self.due_times[0] if self.due_times else float("inf")
+        timeout = max(0.0, min(self.poll_interval - (now - self.last_claim), next_due - now))
         if (self.notified or self.claim_more) and self._capacity() > 0:
             timeout = 0.0
         if self.pending:

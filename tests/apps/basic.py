@@ -111,3 +111,57 @@ def crash() -> None:
 @app.task(time_limit=0.5)
 def too_slow() -> None:
     time.sleep(10)
+
+
+@app.task
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+@app.task
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@app.task(bind=True)
+def record_run(self: Task, path: str, seconds: float = 0.0) -> int:
+    """Append this run (job id, worker pid) to `path`, sleep, return the attempt number."""
+    with open(path, "a") as fh:
+        fh.write(f"{self.request.id} {os.getppid()} {os.getpid()}\n")
+    time.sleep(seconds)
+    return self.request.attempts
+
+
+@app.task(soft_time_limit=0.3)
+def soft_limited() -> str:
+    from pgq import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+@app.task
+def sleep_unguarded(seconds: float) -> str:
+    time.sleep(seconds)
+    return "finished"
+
+
+@app.task(rate_limit="5/s")
+def limited(path: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(f"{time.time()}\n")
+
+
+@app.task
+def child_pid() -> int:
+    return os.getpid()
+
+
+@app.task
+def returns_nul() -> str:
+    return "a\x00b"
