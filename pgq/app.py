@@ -79,6 +79,7 @@ class App:
 
     @staticmethod
     def _dsn_from_urls(*urls: str | None) -> str | None:
+        ignored = []
         for url in urls:
             if not url:
                 continue
@@ -87,8 +88,10 @@ class App:
             if url.startswith(("postgresql+", "db+postgresql")):
                 # SQLAlchemy / Celery database-backend forms: keep the libpq part.
                 return check_dsn("postgresql://" + url.split("://", 1)[1])
+            ignored.append(url.split("://")[0] + "://…")
+        if ignored:
             warnings.warn(
-                f"pgq ignores the non-PostgreSQL URL {url.split('://')[0]}://…; "
+                f"pgq ignores the non-PostgreSQL URL(s) {', '.join(ignored)}; "
                 "set PGQ_DSN (or dsn=) to the PostgreSQL database pgq should use",
                 stacklevel=3,
             )
@@ -205,8 +208,35 @@ class App:
         """Enqueue a job by task name (the producer need not import the task's code)."""
         task = _task or self.tasks.get(name)
         row = enqueue.build_row(self, name, args, kwargs, options, task)
+        if self.conf.task_always_eager and connection is None:
+            return self._run_eagerly(row, task)
         (job_id,) = enqueue.insert(self, [row], connection)
         return AsyncResult(job_id, app=self, task_name=name)
+
+    def _run_eagerly(self, row: enqueue.JobRow, task: Task | None) -> AsyncResult:
+        """`task_always_eager`: run the job here and now (for unit tests of user code)."""
+        import traceback
+
+        from pgq import serialization
+        from pgq.request import Request, pop, push
+        from pgq.result import EagerResult
+
+        if task is None:
+            raise NotRegistered(f"task {row.task!r} is not registered in this app")
+        args, kwargs = serialization.loads(row.args), serialization.loads(row.kwargs)
+        push(Request(id=row.id, task=row.task, args=args, kwargs=kwargs, queue=row.queue,
+                     priority=row.priority, root_id=row.root_id or row.id,
+                     parent_id=row.parent_id, group_id=row.group_id, called_directly=False,
+                     is_eager=True))
+        try:
+            value = task.run(*args, **kwargs)
+        except Exception as exc:
+            if self.conf.task_eager_propagates:
+                raise
+            return EagerResult(row.id, "FAILURE", exc, traceback.format_exc(), app=self)
+        finally:
+            pop()
+        return EagerResult(row.id, "SUCCESS", value, app=self)
 
     def enqueue_many(self, signatures: Iterable[Any], *, connection: Any = None
                      ) -> list[AsyncResult]:

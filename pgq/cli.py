@@ -105,7 +105,7 @@ def _setup_logging(level: str) -> None:
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the app's).")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
-              default="prefork", show_default=True)
+              help="Where jobs run (default: worker_pool, prefork).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1))
 @click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=1))
@@ -118,7 +118,7 @@ def _setup_logging(level: str) -> None:
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
-           concurrency: int | None, pool: str, max_tasks_per_child: int | None,
+           concurrency: int | None, pool: str | None, max_tasks_per_child: int | None,
            max_memory_per_child: int | None, prefetch_multiplier: int | None,
            time_limit: float | None, soft_time_limit: float | None, beat: bool,
            hostname: str | None, loglevel: str) -> None:
@@ -135,7 +135,11 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
     app = obj.app(app_spec, dsn)
     app.import_modules()
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    code = Worker(app, queues=queue_list, concurrency=concurrency, pool=pool,
+    if beat:
+        logging.getLogger("pgq").warning("-B/--beat: periodic schedules are not available "
+                                         "in this version yet; running the worker only")
+    code = Worker(app, queues=queue_list, concurrency=concurrency,
+                  pool=pool or app.conf.worker_pool,
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,
                   prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,

@@ -295,3 +295,37 @@ def _is_done(outcome: Any) -> bool:
     if isinstance(outcome, _Row):
         return outcome.state in READY_STATES
     return bool(outcome)
+
+
+class EagerResult(AsyncResult):
+    """The result of a job run in-process because `task_always_eager` is set."""
+
+    def __init__(self, id: str, state: str, value: Any, traceback: str | None = None,
+                 app: App | None = None) -> None:
+        super().__init__(id, app=app)
+        row = _Row(None)
+        row.state = state
+        row.traceback = traceback
+        self._value = value
+        self._cache = row
+
+    def _row(self) -> _Row:
+        assert self._cache is not None
+        return self._cache
+
+    @property
+    def result(self) -> Any:
+        return self._value
+
+    info = result
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> Any:
+        if self._cache is not None and self._cache.state == "FAILURE" and propagate:
+            raise self._value
+        return self._value
+
+    def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
+        pass
+
+    def forget(self) -> None:
+        pass

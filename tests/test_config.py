@@ -122,3 +122,32 @@ def test_public_names():
     assert issubclass(pgq.TimeoutError, TimeoutError)
     assert all(issubclass(getattr(pgq, n), pgq.PgqError) for n in pgq.__all__
                if n.endswith(("Error", "Exceeded")) or n in ("Retry", "NotRegistered"))
+
+
+def test_task_always_eager_runs_in_process_and_writes_nothing(db):
+    app = App("eager", task_always_eager=True)
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @app.task
+    def broken() -> None:
+        raise KeyError("nope")
+
+    assert double.delay(21).get() == 42
+    result = broken.delay()
+    assert result.state == "FAILURE"
+    with pytest.raises(KeyError):
+        result.get()
+    app.conf.update(task_eager_propagates=True)
+    with pytest.raises(KeyError):
+        broken.delay()
+    assert db.execute("SELECT count(*) FROM pgq.jobs WHERE task LIKE '%double%'").fetchone()[0] == 0
+
+
+def test_broker_and_backend_non_postgres_warn_once():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        App("x", broker="redis://a", backend="rpc://")
+    assert len([w for w in caught if "PGQ_DSN" in str(w.message)]) == 1

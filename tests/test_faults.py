@@ -187,3 +187,18 @@ def test_unstorable_result_fails_the_job_not_the_worker(app, start_worker):
     with pytest.raises(pgq.EncodeError, match="cannot be stored"):
         returns_nul.delay().get(timeout=10)
     assert add.delay(1, 1).get(timeout=10) == 2
+
+
+def test_job_that_keeps_killing_its_worker_runs_out_of_retries(app, start_worker):
+    from apps.basic import kill_my_worker
+
+    result = kill_my_worker.delay()  # max_retries=1
+    for _ in range(3):  # each worker it reaches dies with it; the next one rescues it
+        worker = start_worker("-c", "1")
+        wait_until(lambda w=worker: w.proc.poll() is not None or result.ready(), timeout=30,
+                   what="the job to kill its worker or fail")
+        if result.ready():
+            break
+    with pytest.raises(pgq.WorkerLostError, match="lost"):
+        result.get(timeout=1)
+    assert result.retries == 2

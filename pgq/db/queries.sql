@@ -164,10 +164,12 @@ WHERE stopped_at IS NULL AND last_heartbeat < now() - lost_timeout
 RETURNING id, hostname, pid
 
 -- name: rescue_orphans
--- Jobs still STARTED whose worker has stopped or vanished go back to their queue.
+-- Jobs still STARTED whose worker has stopped or vanished go back to their queue at once,
+-- as a retry (a job that keeps killing its worker must run out of retries, not loop).
 UPDATE {schema}.jobs AS j
-SET state = 'PENDING', worker_id = NULL, started_at = NULL,
-    progress_state = NULL, meta = NULL
+SET state = 'RETRY', retries = j.retries + 1, worker_id = NULL, started_at = NULL,
+    progress_state = NULL, meta = NULL, exc_type = 'pgq.errors.WorkerLostError',
+    exc_message = 'the worker running this job was lost (no heartbeat)'
 WHERE j.state = 'STARTED'
   AND NOT EXISTS (SELECT 1 FROM {schema}.workers w
                   WHERE w.id = j.worker_id AND w.stopped_at IS NULL)

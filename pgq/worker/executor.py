@@ -18,6 +18,7 @@ from pgq.errors import (
     NotRegistered,
     Retry,
     SoftTimeLimitExceeded,
+    WorkerLostError,
 )
 from pgq.request import Request
 
@@ -135,6 +136,11 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
     started = time.perf_counter()
     try:
         options = job_options(job)
+        limit = max_retries_for(task, options)
+        if limit is not None and job.retries > limit:  # its worker was lost once too often
+            return failure(job, WorkerLostError(
+                f"the worker running {job.task} was lost {job.retries} time(s); "
+                f"max_retries is {limit}"), with_traceback=False)
         args = serialization.loads(job.args)
         kwargs = serialization.loads(job.kwargs)
         if options.get("content_type") == "pickle":
@@ -155,7 +161,8 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
         with soft_time_limit(soft_limit):
             value = task.run(*args, **kwargs)
         runtime_ms = (time.perf_counter() - started) * 1000
-        ignore = options.get("ignore_result", task.ignore_result)
+        ignore = options.get("ignore_result",
+                             task.ignore_result or app.conf.task_ignore_result)
         encoded = None if ignore else serialization.dumps(value, "result")
         return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms)
     except Retry as signal_retry:

@@ -165,3 +165,8 @@ def child_pid() -> int:
 @app.task
 def returns_nul() -> str:
     return "a\x00b"
+
+
+@app.task(max_retries=1)
+def kill_my_worker() -> None:
+    os.killpg(os.getpgid(0), signal.SIGKILL)
