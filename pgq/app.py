@@ -238,6 +238,13 @@ class App:
             pop()
         return EagerResult(row.id, "SUCCESS", value, app=self)
 
+    def signature(self, name: str, args: Sequence[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """A signature by task name (Celery's `app.signature`)."""
+        from pgq.canvas import Signature
+
+        return Signature(name, args, kwargs, options, app=self)
+
     def enqueue_many(self, signatures: Iterable[Any], *, connection: Any = None
                      ) -> list[AsyncResult]:
         """Enqueue many signatures in one statement (one round trip)."""

@@ -132,11 +132,14 @@ class WorkerProcess:
 def start_worker(dsn: str, app: Any) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True
-              ) -> WorkerProcess:
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True,
+              on_dsn: str | None = None) -> WorkerProcess:
+        """Start `pgq worker -A apps.basic ARGS`; `on_dsn` runs it against another server."""
+        if on_dsn:
+            env = {**(env or {}), "PGQ_DSN": on_dsn}
         worker = WorkerProcess(list(args), env)
         workers.append(worker)
-        return worker.wait_ready(dsn) if ready else worker
+        return worker.wait_ready(on_dsn or dsn) if ready else worker
 
     yield start
     for worker in workers:

@@ -22,10 +22,22 @@ log = logging.getLogger("pgq.listener")
 Callback = Callable[[str], None]
 
 
+class SilentConnection(Exception):
+    """The self-probe did not come back: the connection looks open but delivers nothing."""
+
+
 class Listener:
-    def __init__(self, dsn: str, channels: Iterable[str]) -> None:
+    """`probe_channel`/`probe_timeout`: someone (the worker's heartbeat) NOTIFYs that channel
+    regularly; when nothing arrives for `probe_timeout` seconds the connection is treated as
+    dead (a hung backend, a half-open TCP connection) and replaced."""
+
+    def __init__(self, dsn: str, channels: Iterable[str], *, probe_channel: str | None = None,
+                 probe_timeout: float | None = None) -> None:
         self.dsn = dsn
-        self.channels = list(channels)
+        self.channels = list(channels) + ([probe_channel] if probe_channel else [])
+        self.probe_channel = probe_channel
+        self.probe_timeout = probe_timeout
+        self._last_probe = 0.0
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._ready = threading.Event()
@@ -60,6 +72,10 @@ class Listener:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         return conn
 
+    def _check_probe(self) -> None:
+        if self.probe_timeout and time.monotonic() - self._last_probe > self.probe_timeout:
+            raise SilentConnection(f"no self-probe for {self.probe_timeout:.0f}s")
+
     def _run(self) -> None:
         delay = 0.1
         first = True
@@ -73,10 +89,14 @@ class Listener:
                         callback()
                 first = False
                 delay = 0.1
+                self._last_probe = time.monotonic()
                 while not self._stopped.is_set():
                     for note in self._conn.notifies(timeout=1.0):
+                        if note.channel == self.probe_channel:
+                            self._last_probe = time.monotonic()
                         for callback in self._callbacks.get(note.channel, ()):
                             callback(note.payload)
+                    self._check_probe()
             except Exception as exc:
                 self._ready.clear()
                 if self._stopped.is_set():

@@ -23,8 +23,10 @@ PRUNE_BATCH = 5000
 
 
 class Heartbeat:
-    def __init__(self, app: App, worker_id: str, register: Callable[[Any], None]) -> None:
+    def __init__(self, app: App, worker_id: str, register: Callable[[Any], None],
+                 probe_channel: str | None = None) -> None:
         self.app = app
+        self.probe_channel = probe_channel
         self.worker_id = worker_id
         self.register = register
         self.interval = float(app.conf.worker_heartbeat_interval)
@@ -61,6 +63,8 @@ class Heartbeat:
             log.error("this worker was declared lost (heartbeat too old); its running jobs "
                       "were requeued. Registering again.")
             self.register(conn)
+        if self.probe_channel:  # proves to our own LISTEN connection that it still hears
+            execute(conn, q.notify, {"channel": self.probe_channel, "payload": ""})
         rescue(self.app, conn)
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
             self._last_prune = time.monotonic()

@@ -68,6 +68,7 @@ class Worker:
         self.fixed_prefetch = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.hostname = expand_hostname(hostname)
         self.id = str(uuid.uuid4())
+        self.probe_channel = f"{app.schema}_probe_{self.id.replace('-', '')}"
         self.pool_name = pool
         self.pool = POOLS[pool](PoolConfig(
             app, self.concurrency, self.hostname,
@@ -318,12 +319,15 @@ class Worker:
         self._register(conn)
         conn.close()
         q = self.app.queries
-        listener = Listener(self.app.dsn, [q.jobs_channel, q.control_channel])
+        listener = Listener(self.app.dsn, [q.jobs_channel, q.control_channel],
+                            probe_channel=self.probe_channel,
+                            probe_timeout=max(3 * float(self.app.conf.worker_heartbeat_interval),
+                                              2.0))
         listener.on(q.jobs_channel, self._on_jobs)
         listener.on(q.control_channel, self._on_control)
         listener.on_reconnect(self._on_reconnect)
         listener.start()
-        heartbeat = Heartbeat(self.app, self.id, self._register)
+        heartbeat = Heartbeat(self.app, self.id, self._register, self.probe_channel)
         heartbeat.start()
         self.pool.start()
         log.info("worker %s ready: host %s, queues %s, %s pool of %d", self.id, self.hostname,
