@@ -22,6 +22,7 @@ log = logging.getLogger("pgq")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _current: App | None = None
+_Result = AsyncResult  # the class, for annotations inside App (which has a method of that name)
 
 
 def current_app() -> App:
@@ -261,7 +262,7 @@ class App:
     def AsyncResult(self, id: str, **kwargs: Any) -> AsyncResult:
         return AsyncResult(id, app=self, **kwargs)
 
-    def GroupResult(self, id: str, results: Sequence[AsyncResult]) -> Any:
+    def GroupResult(self, id: str, results: Sequence[_Result]) -> Any:
         from pgq.result import GroupResult
 
         return GroupResult(id, results, app=self)

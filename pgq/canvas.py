@@ -104,7 +104,7 @@ class Signature(dict[str, Any]):
         all_args, all_kwargs = self.merged_args(args, kwargs)
         return self.app.tasks[self.task](*all_args, **all_kwargs)
 
-    def __or__(self, other: Signature) -> chain:
+    def __or__(self, other: Signature) -> chain:  # type: ignore[override]
         return chain(self, other)
 
     def __repr__(self) -> str:
@@ -140,7 +140,7 @@ class chain(Signature):
     def tasks(self) -> list[Signature]:
         return [signature(s) for s in self["kwargs"]["tasks"]]
 
-    def __or__(self, other: Signature) -> chain:
+    def __or__(self, other: Signature) -> chain:  # type: ignore[override]
         return chain(*self.tasks, other)
 
     def apply_async(self, args: Sequence[Any] | None = None,

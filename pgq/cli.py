@@ -66,8 +66,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        debug = ctx.find_object(Context).debug if ctx.find_object(Context) else False
+        obj = click.get_current_context().find_object(Context)
+        debug = obj.debug if obj is not None else False
         try:
             return fn(*args, **kwargs)
         except (PgqError, psycopg.Error) as exc:

@@ -319,7 +319,8 @@ class EagerResult(AsyncResult):
 
     info = result
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, **_: Any) -> Any:
         if self._cache is not None and self._cache.state == "FAILURE" and propagate:
             raise self._value
         return self._value

@@ -47,7 +47,8 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 def connect(dsn: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
     """Open a connection; an unreachable server becomes one clear `DatabaseUnavailable`."""
     given = conninfo.conninfo_to_dict(dsn)
-    extra = {k: v for k, v in KEEPALIVES.items() if k not in given and k not in kwargs}
+    extra: dict[str, Any] = {k: v for k, v in KEEPALIVES.items()
+                             if k not in given and k not in kwargs}
     try:
         return psycopg.connect(dsn, autocommit=autocommit, **extra, **kwargs)
     except psycopg.OperationalError as exc:

@@ -85,8 +85,8 @@ class Listener:
                 self._ready.set()
                 if not first:
                     log.warning("LISTEN connection re-established")
-                    for callback in self._reconnect_callbacks:
-                        callback()
+                    for reconnected in self._reconnect_callbacks:
+                        reconnected()
                 first = False
                 delay = 0.1
                 self._last_probe = time.monotonic()
