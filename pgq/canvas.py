@@ -3,7 +3,6 @@ trip); chain and group turn into job rows, and the worker carries a chain forwar
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -121,8 +120,24 @@ def signature(value: Mapping[str, Any] | str, *args: Any, **kwargs: Any) -> Sign
             return chain(*[signature(s) for s in value["kwargs"]["tasks"]])
         if kind == "group":
             return group([signature(s) for s in value["kwargs"]["tasks"]])
+        if kind == "chord":
+            body = value["kwargs"].get("body")
+            return chord([signature(s) for s in value["kwargs"]["header"]],
+                         signature(body) if body else None)
         return Signature(value)
     return Signature(value, *args, **kwargs)
+
+
+def _start(sig: Signature, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+           options: dict[str, Any]) -> Any:
+    """Plan a workflow and insert all its first rows in one transaction."""
+    from pgq import enqueue, workflow
+
+    app = sig.app
+    connection = options.pop("connection", None)
+    sig_plan, started = workflow.plan(app, sig, args, kwargs, options)
+    enqueue.insert_plan(app, sig_plan.jobs, sig_plan.chords, connection)
+    return started
 
 
 class chain(Signature):
@@ -147,22 +162,9 @@ class chain(Signature):
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
         from pgq.result import AsyncResult
 
-        steps = self.tasks
-        if not steps:
-            raise ValueError("an empty chain has nothing to run")
-        # Ids are chosen now so the returned result can walk back with .parent at once.
-        ids = [str(s.options.get("task_id") or uuid.uuid4()) for s in steps]
-        for step, job_id in zip(steps, ids, strict=True):
-            step.set(task_id=job_id)
-        for later, earlier_id in zip(steps[1:], ids, strict=False):
-            later.set(parent_id=earlier_id, root_id=ids[0])
-        first, rest = steps[0], steps[1:]
-        first_options = {**options}
-        if rest:
-            first_options["chain"] = [dict(s) for s in reversed(rest)]
-        first.apply_async(args, kwargs, **first_options)
+        started = _start(self, args, kwargs, options)
         result: AsyncResult | None = None
-        for job_id in ids:
+        for job_id in started.step_ids:
             result = AsyncResult(job_id, app=self.app, parent=result)
         assert result is not None
         return result
@@ -185,35 +187,50 @@ class group(Signature):
         return [signature(s) for s in self["kwargs"]["tasks"]]
 
     def apply_async(self, args: Sequence[Any] | None = None,  # type: ignore[override]
-                    kwargs: Mapping[str, Any] | None = None, *, connection: Any = None,
-                    **options: Any) -> GroupResult:
-        from pgq.result import GroupResult
+                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult:
+        from pgq.result import AsyncResult, GroupResult
 
-        group_id = str(options.pop("group_id", None) or uuid.uuid4())
-        members = [s.clone(args, kwargs, **options).set(group_id=group_id) for s in self.tasks]
-        results = self.app.enqueue_many(members, connection=connection)
-        return GroupResult(group_id, results, app=self.app)
+        started = _start(self, args, kwargs, options)
+        results = [AsyncResult(i, app=self.app) for i in started.member_ids]
+        return GroupResult(started.group_id or "", results, app=self.app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]
         return self.apply_async(args, kwargs)
 
 
 class chord(Signature):
-    """`chord(header, body)`: the body runs once with every header result."""
+    """`chord(header, body)`: the body runs once, with every header result, after every
+    header job has succeeded."""
 
-    def __init__(self, header: Iterable[Signature], body: Signature | None = None,
-                 app: App | None = None) -> None:
+    def __init__(self, header: Iterable[Signature] | Signature,
+                 body: Signature | None = None, app: App | None = None) -> None:
+        if isinstance(header, Mapping) and header.get("subtask_type") == "group":
+            header = signature(header).tasks  # type: ignore[attr-defined]
         super().__init__("pgq.chord", (), {"header": [signature(t) for t in header],
                                             "body": signature(body) if body else None},
                          subtask_type="chord", app=app)
 
+    @property
+    def tasks(self) -> list[Signature]:
+        return [signature(s) for s in self["kwargs"]["header"]]
+
+    @property
+    def body(self) -> Signature | None:
+        body = self["kwargs"]["body"]
+        return signature(body) if body else None
+
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
         from pgq.errors import PgqError
+        from pgq.result import AsyncResult
 
-        raise PgqError("chord is not available yet in this version of pgq")
+        if self.body is None:
+            raise PgqError("a chord needs a body: chord(header, body) or chord(header)(body)")
+        started = _start(self, args, kwargs, options)
+        return AsyncResult(started.result_id or "", app=self.app)
 
-    def __call__(self, body: Signature | None = None, **options: Any) -> AsyncResult:  # type: ignore[override]
+    def __call__(self, body: Signature | None = None, **options: Any  # type: ignore[override]
+                 ) -> AsyncResult:
         if body is not None:
             self["kwargs"]["body"] = body
         return self.apply_async(**options)

@@ -28,12 +28,12 @@ class InvalidOption(PgqError, ValueError):
 
 # Per-call options the worker needs at run time; stored in the row's `options` column.
 RUNTIME_OPTIONS = ("time_limit", "soft_time_limit", "ignore_result", "headers", "link",
-                   "link_error", "shadow", "max_retries", "chain")
+                   "link_error", "shadow", "max_retries", "chain", "chord")
 # Accepted for Celery compatibility; they change nothing here.
 IGNORED_OPTIONS = frozenset({"retry", "retry_policy", "serializer", "compression", "exchange",
                              "exchange_type", "delivery_mode", "mandatory", "immediate",
                              "add_to_parent", "reply_to", "producer", "publisher",
-                             "correlation_id", "chord", "group_index",
+                             "correlation_id", "group_index",
                              "routing_key", "task_id", "connection", "unique_key", "queue",
                              "priority", "countdown", "eta", "expires", "subtask_type"})
 
@@ -211,6 +211,30 @@ def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str
 
 
 COPY_THRESHOLD = 100
+
+
+def insert_plan(app: App, jobs: Sequence[JobRow], chords: Sequence[Any],
+                connection: Any = None) -> list[str]:
+    """Insert a workflow's job rows and chord rows atomically."""
+    if connection is not None:
+        conn = dbapi_connection(connection)
+        insert_chords(app, conn, chords)
+        return _insert_on(app, conn, jobs)
+    with app.pool.connection() as conn, conn.transaction():
+        insert_chords(app, conn, chords)
+        return _insert_on(app, conn, jobs)
+
+
+def insert_chords(app: App, conn: Any, chords: Sequence[Any]) -> None:
+    if chords:
+        execute(conn, app.queries.insert_chords, {
+            "ids": [c.id for c in chords],
+            "pendings": [len(c.header_ids) for c in chords],
+            "header_ids": ["{" + ",".join(c.header_ids) + "}" for c in chords],
+            "bodies": [c.body for c in chords],
+            "body_ids": [c.body_id for c in chords],
+            "options": [c.options for c in chords],
+        })
 
 
 def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:

@@ -145,7 +145,10 @@ class AsyncResult:
 
     @property
     def result(self) -> Any:
-        return self._row().value()
+        row = self._row()
+        if row.state == "FAILURE":
+            return self._exception(row)
+        return row.value()
 
     info = result
 
@@ -189,9 +192,16 @@ class AsyncResult:
         row = self.app.wait_for([self.id], timeout, lambda: self._row())
         if row.state == "SUCCESS":
             return row.value()
-        exc = row.exception()
+        exc = self._exception(row)
         if propagate:
             raise exc
+        return exc
+
+    def _exception(self, row: _Row) -> BaseException:
+        exc = row.exception()
+        cause = (row.meta or {}).get("cause") if isinstance(row.meta, dict) else None
+        if cause and row.exc_type == "pgq.errors.ChordError":
+            exc.__cause__ = AsyncResult(cause, app=self.app).result
         return exc
 
     wait = get

@@ -60,7 +60,7 @@ def dsn() -> str:
 def app() -> Iterator[Any]:
     """The test app, with an empty queue and no workers left from earlier tests."""
     with psycopg.connect(os.environ["PGQ_DSN"], autocommit=True) as conn:
-        conn.execute("TRUNCATE pgq.jobs, pgq.workers")
+        conn.execute("TRUNCATE pgq.jobs, pgq.workers, pgq.chords, pgq.rate_limits")
     yield basic_app
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
+import psycopg
 import pytest
-from apps.basic import add, echo, fail_value, identity
+from apps.basic import add, count_body, echo, fail_value, identity, tsum
 
 import pgq
-from pgq import chain, group, signature
+from pgq import chain, chord, group, signature
 
 
 def test_signature_is_a_dict_that_survives_json(app):
@@ -40,12 +43,24 @@ def test_chain_with_immutable_step(app, start_worker):
     assert result.get(timeout=15) == 10
 
 
-def test_failing_step_stops_the_chain(app, start_worker):
+def test_failing_step_stops_the_chain_and_fails_its_result(app, start_worker, db):
     start_worker("-c", "2")
-    result = (add.s(1, 1) | fail_value.si("stop here") | add.s(1)).apply_async()
+    result = (add.s(1, 1) | fail_value.si("stop here") | add.s(1)).apply_async(
+        link_error=echo.s())
     with pytest.raises(ValueError, match="stop here"):
-        result.parent.get(timeout=15)
-    assert result.state == "PENDING"  # never enqueued
+        result.get(timeout=15)
+    assert result.state == "FAILURE"
+    assert result.parent.state == "FAILURE"
+    assert result.parent.parent.get(timeout=5) == 2
+    from conftest import wait_until
+
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgq.jobs WHERE task = "
+                                  "'apps.basic.echo' AND state = 'SUCCESS'").fetchone()[0] == 1)
+    time.sleep(0.3)
+    assert db.execute("SELECT count(*) FROM pgq.jobs WHERE task = 'apps.basic.echo'"
+                      ).fetchone()[0] == 1, "link_error must run once"
+    assert db.execute("SELECT count(*) FROM pgq.jobs WHERE task = 'apps.basic.add' "
+                      "AND started_at IS NOT NULL").fetchone()[0] == 1
 
 
 def test_group_results_in_order(app, start_worker):
@@ -79,3 +94,78 @@ def test_map_and_starmap(app, start_worker):
     start_worker("-c", "1")
     assert identity.map([1, 2, 3]).delay().get(timeout=10) == [1, 2, 3]
     assert add.starmap([(1, 2), (3, 4)]).delay().get(timeout=10) == [3, 7]
+
+
+# --- chords ----------------------------------------------------------------------------------
+
+
+def test_chord_body_gets_header_results_in_order(app, start_worker):
+    start_worker("-c", "2")
+    result = chord([add.s(i, i) for i in range(10)], identity.s()).apply_async()
+    assert result.get(timeout=20) == [2 * i for i in range(10)]
+    assert chord(add.s(i, 0) for i in range(5))(tsum.s()).get(timeout=20) == 10
+
+
+def test_chord_header_failure_fails_the_chord_once(app, start_worker, db):
+    start_worker("-c", "2")
+    header = [add.s(1, 1), fail_value.s("header broke"), fail_value.s("also broke")]
+    result = chord(header, tsum.s()).apply_async(link_error=echo.s())
+    with pytest.raises(pgq.ChordError) as info:
+        result.get(timeout=20)
+    assert isinstance(info.value.__cause__, ValueError)
+    from conftest import wait_until
+
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgq.jobs WHERE task = "
+                                  "'apps.basic.echo' AND state = 'SUCCESS'").fetchone()[0] >= 1)
+    time.sleep(0.5)
+    rows = db.execute("SELECT args::text FROM pgq.jobs WHERE task = 'apps.basic.echo'").fetchall()
+    assert len(rows) == 1, "link_error must run once"
+    failed_ids = {r[0] for r in db.execute(
+        "SELECT id::text FROM pgq.jobs WHERE task = 'apps.basic.fail_value'").fetchall()}
+    assert orjson.loads(rows[0][0])[0] in failed_ids
+    assert db.execute("SELECT count(*) FROM pgq.jobs WHERE task = 'apps.basic.tsum' "
+                      "AND started_at IS NOT NULL").fetchone()[0] == 0, "the body ran"
+
+
+def test_chord_with_empty_header_runs_body_with_empty_list(app, start_worker):
+    start_worker("-c", "1")
+    assert chord([], identity.s()).apply_async().get(timeout=10) == []
+
+
+def test_chord_body_runs_exactly_once_with_many_workers(app, start_worker, tmp_path):
+    for _ in range(3):
+        start_worker("-c", "2")
+    log = tmp_path / "body"
+    result = chord([add.s(i, 1) for i in range(300)], count_body.s(str(log))).apply_async()
+    assert result.get(timeout=60) == 300
+    time.sleep(0.5)
+    assert log.read_text().split() == ["300"]
+
+
+def test_nested_workflows(app, start_worker):
+    start_worker("-c", "2")
+    # a group inside a chain (becomes a chord with the next step)
+    assert chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s()).apply_async().get(
+        timeout=20) == 7
+    # a chain inside a chord header
+    assert chord([chain(add.s(1, 1), add.s(1)), add.s(5, 5)], tsum.s()).apply_async().get(
+        timeout=20) == 13
+    # a chord inside a chain
+    assert chain(chord([add.s(1, 1), add.s(2, 2)], tsum.s()), add.s(100)).apply_async().get(
+        timeout=20) == 106
+
+
+def test_workflows_enqueue_transactionally(app, dsn, db):
+    with psycopg.connect(dsn) as conn:
+        chord([add.s(i, i) for i in range(5)], tsum.s()).apply_async(connection=conn)
+        group(add.s(i, i) for i in range(5)).apply_async(connection=conn)
+        (add.s(1, 1) | add.s(2)).apply_async(connection=conn)
+        conn.rollback()
+    assert db.execute("SELECT count(*) FROM pgq.jobs").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM pgq.chords").fetchone()[0] == 0
+
+
+def test_large_group_is_one_statement(app, db):
+    result = group(add.s(i, i) for i in range(1000)).apply_async()
+    assert len(result) == 1000
+    assert db.execute("SELECT count(DISTINCT group_id) FROM pgq.jobs").fetchone()[0] == 1

@@ -103,8 +103,10 @@ def test_forget_deletes_the_result(app, start_worker):
     assert app.AsyncResult(result.id).state == "PENDING"
 
 
-def test_unknown_id_reads_pending(app):
+def test_unknown_id_reads_pending(app, dsn):
+    latest = pgq.App("latest", dsn=dsn)  # AsyncResult(id) uses the most recently created App
     result = pgq.AsyncResult("00000000-0000-0000-0000-000000000001")
+    assert result.app is latest
     assert result.state == "PENDING" and result.result is None and not result.ready()
 
 

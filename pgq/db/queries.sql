@@ -33,6 +33,40 @@ COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, et
                     root_id, parent_id, group_id)
 FROM STDIN
 
+-- name: insert_chords
+INSERT INTO {schema}.chords (id, pending, header_ids, body, body_id, options)
+SELECT id, pending, header_ids::uuid[], body, body_id, options
+FROM unnest(%(ids)s::uuid[], %(pendings)s::int[], %(header_ids)s::text[], %(bodies)s::jsonb[],
+            %(body_ids)s::uuid[], %(options)s::jsonb[])
+     AS t(id, pending, header_ids, body, body_id, options)
+
+-- name: chord_succeeded
+-- `n` header jobs of this chord succeeded in this transaction. The row lock orders workers
+-- that finish header jobs at the same instant: exactly one of them sees pending reach 0.
+UPDATE {schema}.chords
+SET pending = pending - %(n)s,
+    state = CASE WHEN pending - %(n)s <= 0 THEN 'DONE' ELSE state END,
+    finished_at = CASE WHEN pending - %(n)s <= 0 THEN now() END
+WHERE id = %(id)s AND state = 'PENDING'
+RETURNING state, header_ids::text[], body::text
+
+-- name: chord_failed
+UPDATE {schema}.chords SET state = 'FAILED', finished_at = now()
+WHERE id = %(id)s AND state = 'PENDING'
+RETURNING body::text, body_id::text, options::text
+
+-- name: header_results
+SELECT id::text, result::text FROM {schema}.jobs WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: insert_failed
+-- A job that failed before it could run (a chord body, the rest of a broken chain).
+INSERT INTO {schema}.jobs (id, task, queue, state, finished_at, started_at, result, exc_type,
+                           exc_message, traceback, meta, root_id, parent_id, group_id)
+VALUES (%(id)s::uuid, %(task)s, %(queue)s, 'FAILURE', now(), NULL, %(result)s::jsonb,
+        %(exc_type)s, %(exc_message)s, %(traceback)s, %(meta)s::jsonb,
+        coalesce(%(root_id)s::uuid, %(id)s::uuid), %(parent_id)s::uuid, %(group_id)s::uuid)
+ON CONFLICT DO NOTHING
+
 -- name: find_unique
 SELECT unique_key, id FROM {schema}.jobs
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STARTED')

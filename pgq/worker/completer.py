@@ -1,19 +1,22 @@
-"""Persist outcomes: one guarded statement per batch, the follow-up jobs (link, chain,
-link_error) in the same transaction, and one NOTIFY per batch for `get()` waiters."""
+"""Persist outcomes: one guarded statement per batch, the workflow steps that follow
+(link, chain, chord counters, link_error) in the same transaction, and one NOTIFY per
+batch for `get()` waiters."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq import enqueue, serialization
-from pgq.canvas import Signature, signature
+from pgq import enqueue, serialization, workflow
+from pgq.db.connection import execute
 from pgq.worker.executor import Job, Outcome, job_options
 
 if TYPE_CHECKING:
     from pgq.app import App
 
 NOTIFY_PAYLOAD_MAX = 7800  # PostgreSQL's limit is 8000 bytes
+CHORD_ERROR = "pgq.errors.ChordError"
 
 
 def complete_params(outcomes: Sequence[Outcome], worker_id: str) -> dict[str, Any]:
@@ -47,30 +50,98 @@ def done_payloads(job_ids: Iterable[str]) -> list[str]:
     return payloads
 
 
-def followups(app: App, job: Job, outcome: Outcome) -> list[enqueue.JobRow]:
-    """Jobs to enqueue because `job` finished: its link callbacks and the next chain step
-    on success; its link_error callbacks on final failure."""
-    if job.options == "{}" or outcome.state == "RETRY":
-        return []
-    options = job_options(job)
-    rows: list[enqueue.JobRow] = []
-    lineage = {"root_id": job.root_id or job.id, "parent_id": job.id}
-    if outcome.state == "SUCCESS":
-        value = serialization.loads(outcome.result) if outcome.result is not None else None
-        for sig in options.get("link") or ():
-            rows.append(_row(app, signature(sig), [value], lineage))
-        chain = options.get("chain")
-        if chain:
-            next_step, rest = signature(chain[-1]), chain[:-1]
-            extra = {"chain": rest} if rest else {}
-            rows.append(_row(app, next_step, [value], {**lineage, **extra}))
-    elif outcome.state == "FAILURE":
-        for sig in options.get("link_error") or ():
-            rows.append(_row(app, signature(sig), [job.id], lineage))
-    return rows
+class CarryForward:
+    """What finished jobs set in motion, gathered for one transaction."""
 
+    def __init__(self, app: App, conn: Any) -> None:
+        self.app = app
+        self.conn = conn
+        self.plan = workflow.Plan()
+        self.failed: list[dict[str, Any]] = []
+        self.chord_successes: Counter[str] = Counter()
 
-def _row(app: App, sig: Signature, args: list[Any], extra: dict[str, Any]) -> enqueue.JobRow:
-    all_args, kwargs = sig.merged_args(args)
-    options = {**sig.options, **{k: v for k, v in extra.items() if k not in sig.options}}
-    return enqueue.build_row(app, sig.task, all_args, kwargs, options, app.tasks.get(sig.task))
+    def add(self, job: Job, outcome: Outcome) -> None:
+        if job.options == "{}" or outcome.state == "RETRY":
+            return
+        options = job_options(job)
+        lineage = {"root_id": job.root_id or job.id, "parent_id": job.id}
+        if outcome.state == "SUCCESS":
+            value = serialization.loads(outcome.result) if outcome.result is not None else None
+            for sig in options.get("link") or ():
+                self._start(sig, [value], lineage)
+            chain = options.get("chain")
+            if chain:
+                more = {"chain": chain[:-1]} if len(chain) > 1 else {}
+                self._start(chain[-1], [value], {**lineage, **more})
+            if options.get("chord"):
+                self.chord_successes[options["chord"]] += 1
+        elif outcome.state == "FAILURE":
+            for sig in options.get("link_error") or ():
+                self._start(sig, [job.id], lineage)
+            error = (outcome.exc_type, outcome.exc_message, outcome.result, outcome.traceback)
+            self._fail_rest_of_chain(options.get("chain") or [], error, job.id)
+            if options.get("chord"):
+                self._fail_chord(options["chord"], job, outcome)
+
+    def _start(self, sig: Mapping[str, Any], args: list[Any], extra: dict[str, Any]) -> None:
+        own = sig.get("options") or {}
+        extra = {k: v for k, v in extra.items() if k not in own}
+        step_plan, _ = workflow.plan(self.app, sig, args, None, extra)
+        self.plan.add(step_plan)
+
+    def _fail_rest_of_chain(self, chain: list[Any], error: tuple[Any, ...], cause: str,
+                            meta: dict[str, Any] | None = None) -> None:
+        """The steps after a failed one will never run: they fail with the same error, so
+        the chain's result raises it."""
+        exc_type, message, args, trace = error
+        for step in chain:
+            if step.get("subtask_type") == "chord":
+                step = step["kwargs"]["body"]
+            task_id = (step.get("options") or {}).get("task_id")
+            if task_id:
+                self.failed.append({
+                    "id": task_id, "task": step.get("task", "pgq.chain"),
+                    "queue": self.app.default_queue, "result": args, "exc_type": exc_type,
+                    "exc_message": message, "traceback": trace,
+                    "meta": serialization.dumps(meta or {"failed_step": cause}),
+                    "root_id": step["options"].get("root_id"),
+                    "parent_id": step["options"].get("parent_id"), "group_id": None})
+
+    def _fail_chord(self, chord_id: str, job: Job, outcome: Outcome) -> None:
+        q = self.app.queries
+        rows = execute(self.conn, q.chord_failed, {"id": chord_id})
+        if not rows:
+            return  # already failed by another header job: error callbacks run once
+        body_text, body_id, options_text = rows[0]
+        body = serialization.loads(body_text)
+        message = f"chord header job {job.id} failed: {outcome.exc_type}: {outcome.exc_message}"
+        error = (CHORD_ERROR, message, serialization.dumps([message]), None)
+        body_options = body.get("options") or {}
+        self._fail_rest_of_chain([{**body, "options": {**body_options, "task_id": body_id}}],
+                                 error, job.id, {"cause": job.id})
+        self._fail_rest_of_chain(body_options.get("chain") or [], error, job.id,
+                                 {"cause": job.id})
+        callbacks = [*serialization.loads(options_text).get("link_error", []),
+                     *(body_options.get("link_error") or [])]
+        for sig in callbacks:
+            self._start(sig, [job.id], {"root_id": job.root_id or job.id})
+
+    def _count_chords(self) -> None:
+        q = self.app.queries
+        for chord_id, n in self.chord_successes.items():
+            rows = execute(self.conn, q.chord_succeeded, {"id": chord_id, "n": n})
+            if rows and rows[0][0] == "DONE":
+                header_ids, body = rows[0][1], serialization.loads(rows[0][2])
+                results = dict(execute(self.conn, q.header_results, {"ids": header_ids}))
+                values = [serialization.loads(results.get(str(h))) for h in header_ids]
+                self._start(body, [values], {})
+
+    def write(self) -> list[str]:
+        """Insert everything gathered; return ids of jobs that finished without running."""
+        self._count_chords()
+        enqueue.insert_chords(self.app, self.conn, self.plan.chords)
+        if self.plan.jobs:
+            enqueue.insert(self.app, self.plan.jobs, self.conn)
+        for row in self.failed:
+            execute(self.conn, self.app.queries.insert_failed, row)
+        return [str(row["id"]) for row in self.failed]

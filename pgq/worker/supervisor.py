@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq import enqueue
 from pgq.db.connection import connect, execute, first_line
 from pgq.db.listener import Listener
 from pgq.errors import PgqError
 from pgq.task import rate_interval
-from pgq.worker.completer import complete_params, done_payloads, followups
+from pgq.worker.completer import CarryForward, complete_params, done_payloads
 from pgq.worker.executor import Job, Outcome
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.pool import POOLS, PoolConfig
@@ -274,17 +273,17 @@ class Worker:
         if len(written) < len(outcomes):
             log.warning("%d outcome(s) discarded: their jobs were revoked or rescued meanwhile",
                         len(outcomes) - len(written))
-        follow = []
+        carry = CarryForward(self.app, conn)
         for outcome in outcomes:
             job = self.inflight.get(outcome.id)
             if job is not None and outcome.id in written:
                 try:
-                    follow.extend(followups(self.app, job, outcome))
-                except PgqError as exc:  # a bad callback must not stop the worker
-                    log.error("job %s: cannot enqueue its callbacks: %s", job.id, exc)
-        if follow:
-            enqueue.insert(self.app, follow, conn)
-        for payload in done_payloads(str(r[0]) for r in rows if r[1] != "RETRY"):
+                    carry.add(job, outcome)
+                except (PgqError, ValueError, KeyError) as exc:  # a bad callback or step
+                    log.error("job %s: cannot start what follows it: %s", job.id, exc)
+        finished_unrun = carry.write()
+        done = [str(r[0]) for r in rows if r[1] != "RETRY"] + finished_unrun
+        for payload in done_payloads(done):
             execute(conn, q.notify, {"channel": q.done_channel, "payload": payload})
         for queue in {r[2] for r in rows if r[1] == "RETRY" and r[3]}:
             execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})

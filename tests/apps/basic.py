@@ -170,3 +170,15 @@ def returns_nul() -> str:
 @app.task(max_retries=1)
 def kill_my_worker() -> None:
     os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+@app.task
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task
+def count_body(values: list[Any], path: str) -> int:
+    with open(path, "a") as fh:
+        fh.write(f"{len(values)}\n")
+    return len(values)
