@@ -169,3 +169,17 @@ def test_large_group_is_one_statement(app, db):
     result = group(add.s(i, i) for i in range(1000)).apply_async()
     assert len(result) == 1000
     assert db.execute("SELECT count(DISTINCT group_id) FROM pgq.jobs").fetchone()[0] == 1
+
+
+def test_errback_taking_request_exc_traceback_runs_in_the_worker(app, start_worker, tmp_path):
+    from apps.basic import errback_with_request, fail_with_path
+    from conftest import wait_until
+
+    start_worker("-c", "1")
+    out = tmp_path / "errback"
+    result = fail_with_path.apply_async(kwargs={"path": str(out)},
+                                        link_error=errback_with_request.s())
+    with pytest.raises(RuntimeError):
+        result.get(timeout=10)
+    wait_until(out.exists, what="the errback")
+    assert out.read_text() == f"{result.id} RuntimeError True"

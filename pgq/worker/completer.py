@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq import enqueue, serialization, workflow
 from pgq.db.connection import execute
-from pgq.worker.executor import Job, Outcome, job_options
+from pgq.worker.executor import Job, Outcome, job_options, takes_request_exc_traceback
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -77,7 +77,8 @@ class CarryForward:
                 self.chord_successes[options["chord"]] += 1
         elif outcome.state == "FAILURE":
             for sig in options.get("link_error") or ():
-                self._start(sig, [job.id], lineage)
+                if not takes_request_exc_traceback(self.app, sig):  # those ran in the child
+                    self._start(sig, [job.id], lineage)
             error = (outcome.exc_type, outcome.exc_message, outcome.result, outcome.traceback)
             self._fail_rest_of_chain(options.get("chain") or [], error, job.id)
             if options.get("chord"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import signal
 import threading
 import time
@@ -25,6 +27,9 @@ from pgq.request import Request
 if TYPE_CHECKING:
     from pgq.app import App
     from pgq.task import Task
+
+
+log = logging.getLogger("pgq.worker")
 
 
 class Job(NamedTuple):
@@ -171,9 +176,38 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
     except EncodeError as exc:
         return failure(job, exc, (time.perf_counter() - started) * 1000)
     except Exception as exc:
-        return on_error(task, job, exc, (time.perf_counter() - started) * 1000)
+        outcome = on_error(task, job, exc, (time.perf_counter() - started) * 1000)
+        if outcome.state == "FAILURE":
+            run_request_errbacks(app, options, request, exc)
+        return outcome
     finally:
         request_context.pop()
+
+
+def takes_request_exc_traceback(app: App, sig: Any) -> bool:
+    """Celery 5's errback form: a task whose parameters are exactly (request, exc, traceback)
+    is called in the worker with those, instead of being enqueued with the failed job's id."""
+    task = app.tasks.get(sig.get("task", "")) if isinstance(sig, dict) else None
+    if task is None:
+        return False
+    fn = type(task).__dict__.get("__wrapped__")  # the plain function, not a bound method
+    try:
+        params = list(inspect.signature(fn).parameters) if fn else []
+    except (TypeError, ValueError):
+        return False
+    if task.bind:
+        params = params[1:]
+    return params == ["request", "exc", "traceback"]
+
+
+def run_request_errbacks(app: App, options: dict[str, Any], request: Request,
+                         exc: BaseException) -> None:
+    for sig in options.get("link_error") or ():
+        if takes_request_exc_traceback(app, sig):
+            try:
+                app.tasks[sig["task"]](request, exc, exc.__traceback__)
+            except Exception:
+                log.exception("error callback %s raised", sig["task"])
 
 
 def _countdown(when: Any) -> float:

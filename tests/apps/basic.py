@@ -182,3 +182,14 @@ def count_body(values: list[Any], path: str) -> int:
     with open(path, "a") as fh:
         fh.write(f"{len(values)}\n")
     return len(values)
+
+
+@app.task
+def errback_with_request(request: Any, exc: BaseException, traceback: Any) -> None:
+    with open(request.kwargs["path"], "w") as fh:
+        fh.write(f"{request.id} {type(exc).__name__} {traceback is not None}")
+
+
+@app.task
+def fail_with_path(path: str) -> None:
+    raise RuntimeError(path)
