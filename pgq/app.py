@@ -313,6 +313,11 @@ class App:
 
     def add_periodic_task(self, schedule: Any, sig: Any, *, name: str | None = None,
                           **_: Any) -> str:
+        """Run `sig` on `schedule` (seconds, a timedelta or `pgq.crontab`). Schedulers
+        (`pgq beat`, `pgq worker -B`) store it in Postgres and enqueue each due run once."""
+        from pgq.schedules import parse
+
+        parse(schedule)  # a bad schedule fails here, not in the scheduler
         key = name or f"{sig['task']}{tuple(sig['args'])!r}"
         self.periodic_tasks[key] = (schedule, sig)
         return key

@@ -135,16 +135,114 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
     app = obj.app(app_spec, dsn)
     app.import_modules()
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    if beat:
-        logging.getLogger("pgq").warning("-B/--beat: periodic schedules are not available "
-                                         "in this version yet; running the worker only")
-    code = Worker(app, queues=queue_list, concurrency=concurrency,
+    code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
                   pool=pool or app.conf.worker_pool,
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,
                   prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,
                   soft_time_limit=soft_time_limit).run()
     sys.exit(code)
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.pass_obj
+@_errors
+def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> None:
+    """Run the scheduler: enqueue periodic tasks when due. Run as many as you like: each due
+    run is enqueued once.
+
+    \b
+    Examples:
+      pgq beat -A shop.tasks
+      pgq worker -A shop.tasks -B      # the same, inside a worker
+    """
+    import signal as signals
+
+    from pgq.services.scheduler import Scheduler
+
+    _setup_logging(loglevel)
+    app = obj.app(app_spec, dsn)
+    app.import_modules()
+    scheduler = Scheduler(app)
+    for sig in (signals.SIGTERM, signals.SIGINT):
+        signals.signal(sig, lambda *_: scheduler.stop())
+    logging.getLogger("pgq.beat").info("scheduler started (%d schedule(s) in code)",
+                                       len(app.periodic_tasks) + len(app.conf.beat_schedule))
+    scheduler.run()
+
+
+@main.group()
+def inspect() -> None:
+    """Look at jobs, schedules and tasks: active, scheduled, registered, failed."""
+
+
+def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
+    click.echo(_table(headers, [list(r) for r in rows]) if rows else empty)
+
+
+@inspect.command("active")
+@app_option
+@dsn_option
+@click.pass_obj
+@_errors
+def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
+    """Jobs running now, with the worker running each."""
+    app = obj.app(app_spec, dsn)
+    with connect(app.dsn) as conn:
+        rows = execute(conn, app.queries.inspect_active)
+    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR"],
+                [(r[0], r[1], r[2], r[3], r[4], _age(r[5])) for r in rows], "no active jobs")
+
+
+@inspect.command("scheduled")
+@app_option
+@dsn_option
+@click.pass_obj
+@_errors
+def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> None:
+    """Periodic schedules (last and next run) and jobs waiting for their eta."""
+    app = obj.app(app_spec, dsn)
+    with connect(app.dsn) as conn:
+        schedules = execute(conn, app.queries.schedules_list)
+        waiting = execute(conn, app.queries.inspect_eta)
+    _print_rows(["SCHEDULE", "TASK", "EVERY", "TZ", "ENABLED", "LAST RUN", "NEXT RUN"],
+                schedules, "no periodic schedules")
+    click.echo()
+    _print_rows(["ID", "TASK", "QUEUE", "ETA"], waiting, "no jobs waiting for an eta")
+
+
+@inspect.command("registered")
+@app_option
+@dsn_option
+@click.pass_obj
+@_errors
+def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> None:
+    """Tasks the app (-A) registers, with their queue and options."""
+    app = obj.app(app_spec, dsn)
+    app.import_modules()
+    rows = [(t.name, t.queue or app.default_queue, t.max_retries, t.rate_limit or "",
+             t.time_limit or "") for name, t in sorted(app.tasks.items())
+            if not name.startswith("pgq.")]
+    _print_rows(["TASK", "QUEUE", "MAX RETRIES", "RATE LIMIT", "TIME LIMIT"], rows,
+                "no tasks registered")
+
+
+@inspect.command("failed")
+@app_option
+@dsn_option
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+@_errors
+def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
+    """The most recent failed jobs."""
+    app = obj.app(app_spec, dsn)
+    with connect(app.dsn) as conn:
+        rows = execute(conn, app.queries.inspect_failed, {"limit": limit})
+    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR"], rows,
+                "no failed jobs")
 
 
 @main.command()

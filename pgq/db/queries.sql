@@ -151,6 +151,60 @@ SET state = 'PENDING', worker_id = NULL, started_at = NULL, attempts = attempts 
 WHERE state = 'STARTED' AND worker_id = %(worker)s AND NOT (id = ANY(%(known)s::uuid[]))
 RETURNING id, queue
 
+-- name: schedule_upsert
+-- A schedule from code. A new one (or one whose timing changed) gets `next_run_at` from the
+-- caller; an unchanged one keeps its place, so restarts never re-run or skip a due time.
+INSERT INTO {schema}.schedules AS s (name, task, args, kwargs, options, every_s, cron,
+                                     timezone, next_run_at)
+VALUES (%(name)s, %(task)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
+        %(every_s)s, %(cron)s, %(timezone)s, %(next_run_at)s)
+ON CONFLICT (name) DO UPDATE
+SET task = excluded.task, args = excluded.args, kwargs = excluded.kwargs,
+    options = excluded.options, enabled = true, updated_at = now(),
+    every_s = excluded.every_s, cron = excluded.cron, timezone = excluded.timezone,
+    next_run_at = CASE
+        WHEN s.every_s IS NOT DISTINCT FROM excluded.every_s
+             AND s.cron IS NOT DISTINCT FROM excluded.cron
+             AND s.timezone = excluded.timezone AND s.enabled
+        THEN s.next_run_at ELSE excluded.next_run_at END
+
+-- name: schedule_disable_missing
+UPDATE {schema}.schedules SET enabled = false, updated_at = now()
+WHERE enabled AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name
+
+-- name: schedule_due
+SELECT name, task, args::text, kwargs::text, options::text, every_s, cron, timezone,
+       next_run_at, now()
+FROM {schema}.schedules
+WHERE enabled AND next_run_at <= now()
+ORDER BY next_run_at
+FOR UPDATE SKIP LOCKED
+
+-- name: schedule_advance
+UPDATE {schema}.schedules SET last_run_at = %(due)s, next_run_at = %(next)s
+WHERE name = %(name)s
+
+-- name: schedule_next
+SELECT min(next_run_at) - now() FROM {schema}.schedules WHERE enabled
+
+-- name: schedules_list
+SELECT name, task, coalesce(every_s::text || 's', cron) AS schedule, timezone, enabled,
+       last_run_at, next_run_at
+FROM {schema}.schedules ORDER BY enabled DESC, next_run_at
+
+-- name: next_due
+-- When the earliest waiting job of these queues comes due (one index probe per queue and
+-- priority), as an interval from now; NULL when nothing waits.
+SELECT min(f.run_at) - now()
+FROM unnest(%(queues)s::text[]) AS q(name), generate_series(0, 9) AS p(priority),
+LATERAL (
+    SELECT run_at FROM {schema}.jobs
+    WHERE queue = q.name AND priority = p.priority AND state IN ('PENDING', 'RETRY')
+      AND run_at > now()
+    ORDER BY run_at LIMIT 1
+) AS f
+
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
 
@@ -245,6 +299,20 @@ WHERE state IN ('PENDING', 'RETRY') AND (%(queues)s::text[] IS NULL OR queue = A
 -- name: active_jobs
 SELECT id, task, queue, worker_id, started_at, args, kwargs
 FROM {schema}.jobs WHERE state = 'STARTED' ORDER BY started_at
+
+-- name: inspect_active
+SELECT j.id::text, j.task, j.queue, w.hostname, w.pid, now() - j.started_at
+FROM {schema}.jobs j LEFT JOIN {schema}.workers w ON w.id = j.worker_id
+WHERE j.state = 'STARTED' ORDER BY j.started_at
+
+-- name: inspect_eta
+SELECT id::text, task, queue, run_at FROM {schema}.jobs
+WHERE state IN ('PENDING', 'RETRY') AND run_at > now() ORDER BY run_at LIMIT 100
+
+-- name: inspect_failed
+SELECT id::text, task, queue, finished_at, retries,
+       left(coalesce(exc_type, '') || ': ' || coalesce(exc_message, ''), 80)
+FROM {schema}.jobs WHERE state = 'FAILURE' ORDER BY finished_at DESC LIMIT %(limit)s
 
 -- name: lock_maintenance
 SELECT pg_try_advisory_xact_lock(hashtext(%(key)s))

@@ -56,6 +56,7 @@ class Worker:
         prefetch_multiplier: int | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -69,6 +70,7 @@ class Worker:
         self.id = str(uuid.uuid4())
         self.probe_channel = f"{app.schema}_probe_{self.id.replace('-', '')}"
         self.pool_name = pool
+        self.beat = beat
         self.pool = POOLS[pool](PoolConfig(
             app, self.concurrency, self.hostname,
             max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
@@ -95,6 +97,7 @@ class Worker:
         self.conn: psycopg.Connection[Any] | None = None
         self.claim_uncertain = True  # at start: release anything claimed in our name
         self.due_times: list[float] = []  # heap: monotonic times deferred jobs come due
+        self.eta_due = float("inf")  # when the earliest waiting (eta/countdown) job is due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
 
@@ -181,6 +184,8 @@ class Worker:
                     rows = execute(conn, q.claim, {"queues": self.queues, "limit": want,
                                                    "worker": self.id})
                     claimed = self._apply_rate_limits(conn, rows)
+                    if len(rows) < want:
+                        self._learn_next_due(conn)
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
             # Not the connection: some outcome cannot be stored. Find it, fail it, go on.
@@ -218,6 +223,13 @@ class Worker:
                            "pgq.errors.EncodeError",
                            f"the job's outcome cannot be stored in PostgreSQL: {first_line(exc)}",
                            None, 0.0, outcome.runtime_ms)
+
+    def _learn_next_due(self, conn: psycopg.Connection[Any]) -> None:
+        """Sleep until the earliest waiting job comes due (countdown/eta/retry), not a poll
+        interval: a NOTIFY for a newly inserted job wakes us to look again."""
+        ((wait,),) = execute(conn, self.app.queries.next_due, {"queues": self.queues})
+        self.eta_due = float("inf") if wait is None else \
+            time.monotonic() + max(0.0, wait.total_seconds())
 
     def _release_unknown(self, conn: psycopg.Connection[Any]) -> None:
         """The last claim's commit may have happened without our seeing its rows: put any job
@@ -328,6 +340,12 @@ class Worker:
         listener.start()
         heartbeat = Heartbeat(self.app, self.id, self._register, self.probe_channel)
         heartbeat.start()
+        scheduler = None
+        if self.beat:
+            from pgq.services.scheduler import Scheduler
+
+            scheduler = Scheduler(self.app)
+            scheduler.start_thread()
         self.pool.start()
         log.info("worker %s ready: host %s, queues %s, %s pool of %d", self.id, self.hostname,
                  ",".join(self.queues), self.pool_name, self.concurrency)
@@ -341,6 +359,8 @@ class Worker:
                 self._flush_and_claim(0)
             listener.stop()
             heartbeat.stop()
+            if scheduler is not None:
+                scheduler.stop()
             with contextlib.suppress(Exception), connect(self.app.dsn) as last:
                 execute(last, q.stop_worker, {"id": self.id})
             if self.conn is not None:
@@ -417,6 +437,9 @@ class Worker:
         while self.due_times and self.due_times[0] <= now:
             heapq.heappop(self.due_times)
             poll_due = True
+        if self.eta_due <= now:
+            self.eta_due = float("inf")
+            poll_due = True
         if self.notified or self.claim_more or poll_due:
             self.notified = False
             return capacity
@@ -443,10 +466,13 @@ class Worker:
         if self.pool.has_ready():
             return 0.0
         now = time.monotonic()
-        next_due = self.due_times[0] if self.due_times else float("inf")
-        timeout = max(0.0, min(self.poll_interval - (now - self.last_claim), next_due - now))
-        if (self.notified or self.claim_more) and self._capacity() > 0:
-            timeout = 0.0
+        timeout = self.poll_interval  # with no room, only a finishing child matters
+        if self._capacity() > 0:
+            timeout = max(0.0, self.poll_interval - (now - self.last_claim))
+            next_due = min(self.due_times[0] if self.due_times else float("inf"), self.eta_due)
+            timeout = max(0.0, min(timeout, next_due - now))
+            if self.notified or self.claim_more:
+                timeout = 0.0
         if self.pending:
             timeout = min(timeout, max(0.0, self.pending_since + self.FLUSH_AFTER_S - now))
         if self.held:

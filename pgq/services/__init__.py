@@ -1,0 +1,1 @@
+"""Background services a worker (or `pgq beat`) runs beside claiming: the scheduler."""
