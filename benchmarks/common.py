@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -19,17 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_PGDATA = ROOT / ".pgq" / "benchdata"
 
 
-def resolve_dsn(dsn: str | None) -> str:
-    """`--dsn`, else $PGQ_DSN, else the embedded server in ./.pgq/benchdata (started if needed;
-    it keeps running afterwards: `pgq embedded stop` does not know this path, see the doc)."""
+def resolve_dsn(dsn: str | None) -> tuple[str, Path | None]:
+    """`--dsn`, else $PGQ_DSN, else the embedded server in ./.pgq/benchdata (started if needed,
+    and left running). Returns the DSN and, for the embedded server, its data directory."""
     if dsn:
-        return dsn
+        return dsn, None
     env = os.environ.get("PGQ_DSN")
     if env:
-        return env
+        return env, None
     from pgq import embedded
 
-    return embedded.ensure_server(BENCH_PGDATA)
+    return embedded.ensure_server(BENCH_PGDATA), BENCH_PGDATA
 
 
 def new_schema_name(prefix: str) -> str:
@@ -72,6 +74,28 @@ def _ram() -> str:
     return f"{kib / 1024 / 1024:.1f} GiB"
 
 
+def pgq_revision() -> str:
+    """The pgq code the figures belong to: this checkout's commit (and whether pgq/ had
+    uncommitted changes), or, for a copy put first on PYTHONPATH, the REVISION file in it."""
+    import pgq
+
+    source = Path(pgq.__file__).resolve().parent.parent
+    if source != ROOT:
+        marker = source / "REVISION"
+        return marker.read_text().strip() if marker.exists() else f"imported from {source}"
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
+        return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "pgq").splitlines()
+    if not dirty:
+        return head
+    return f"{head} + uncommitted changes in {', '.join(line[3:] for line in dirty)}"
+
+
 def machine_details(dsn: str) -> list[tuple[str, str]]:
     """What the figures depend on: CPU, cores, RAM, PostgreSQL and its durability settings."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -92,7 +116,88 @@ def machine_details(dsn: str) -> list[tuple[str, str]]:
         ("Python", platform.python_version()),
         ("PostgreSQL", f"{version} ({where}: {host})"),
         ("settings", settings),
+        ("pgq", pgq_revision()),
     ]
+
+
+# --- CPU accounting: was the machine quiet? ------------------------------------------------------
+
+
+def _machine_busy_s() -> float:
+    """CPU-seconds all cores spent busy since boot (from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int, with_reaped_children: bool) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if with_reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def server_cpu_s(pgdata: Path | None) -> float:
+    """CPU-seconds of an embedded server's postmaster and its backends (exited ones count
+    through the postmaster), or 0 when the server is not ours to see."""
+    if pgdata is None or not (pgdata / "postmaster.pid").exists():
+        return 0.0
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    return _process_cpu_s(postmaster, True) + sum(
+        _process_cpu_s(child, False) for child in _children(postmaster))
+
+
+def own_cpu_s() -> float:
+    """CPU-seconds of this process and of its children that have exited (the worker)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@dataclass
+class CpuMeter:
+    """How much CPU this benchmark used, and how much other processes used meanwhile."""
+
+    pgdata: Path | None
+    started: float = 0.0
+    busy: float = 0.0
+    ours: float = 0.0
+    available: float = 0.0
+    others: float = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self.started = time.monotonic()
+        self.busy = _machine_busy_s()
+        self.ours = own_cpu_s() + server_cpu_s(self.pgdata)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self.started
+        self.available = wall * (os.cpu_count() or 1)
+        self.busy = _machine_busy_s() - self.busy
+        self.ours = own_cpu_s() + server_cpu_s(self.pgdata) - self.ours
+        self.others = max(0.0, self.busy - self.ours)
+
+    @property
+    def disturbed(self) -> bool:
+        return self.others > 0.05 * self.available
+
+    def summary(self) -> str:
+        server = "its PostgreSQL" if self.pgdata else "not the (remote) PostgreSQL"
+        return (f"CPU during the run: {self.busy:.1f} of {self.available:.1f} CPU-s busy; "
+                f"this benchmark (client, worker, {server}) {self.ours:.1f} CPU-s, "
+                f"other processes {self.others:.1f} CPU-s "
+                f"({self.others / self.available:.0%} of the machine)")
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

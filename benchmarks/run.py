@@ -25,7 +25,14 @@ from types import ModuleType
 from typing import Any
 
 import psycopg
-from common import format_table, fresh_schema, machine_details, print_details, resolve_dsn
+from common import (
+    CpuMeter,
+    format_table,
+    fresh_schema,
+    machine_details,
+    print_details,
+    resolve_dsn,
+)
 from psycopg import sql
 
 from pgq.db.queries import queries_for
@@ -179,9 +186,17 @@ class DrainFigures:
     complete_transactions: int
 
 
-def wait_for_done(listen: psycopg.Connection[Any], expected: int, worker: WorkerProcess
-                  ) -> None:
-    """Count the job ids the worker announces on the `<schema>_done` channel."""
+def unfinished_jobs(conn: psycopg.Connection[Any], schema: str) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs WHERE finished_at IS NULL").format(
+        sql.Identifier(schema))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_for_done(listen: psycopg.Connection[Any], schema: str, expected: int,
+                  worker: WorkerProcess) -> bool:
+    """Count the job ids the worker announces on the `<schema>_done` channel. Should the
+    announcements fall short, a quiet half second ends in a SQL check instead (returns
+    False: the wall-clock end is then only known to within that half second)."""
     seen: set[str] = set()
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while len(seen) < expected:
@@ -189,10 +204,15 @@ def wait_for_done(listen: psycopg.Connection[Any], expected: int, worker: Worker
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(seen)} of {expected} jobs done after "
                                f"{DRAIN_TIMEOUT:.0f} s")
+        heard = False
         for note in listen.notifies(timeout=0.5):
+            heard = True
             seen.update(note.payload.split(","))
             if len(seen) >= expected:
                 break
+        if not heard and unfinished_jobs(listen, schema) == 0:
+            return False
+    return True
 
 
 def drain_figures(conn: psycopg.Connection[Any], schema: str, wall_s: float) -> DrainFigures:
@@ -219,8 +239,10 @@ def bench_drain(tasks: ModuleType, dsn: str, schema: str, sizes: Sizes, concurre
         started = time.perf_counter()
         worker = WorkerProcess(dsn, schema, concurrency)
         try:
-            wait_for_done(listen, n, worker)
+            precise = wait_for_done(listen, schema, n, worker)
             wall = time.perf_counter() - started
+            if not precise:
+                print("warning: fewer done notifications than jobs; wall clock +-0.5 s")
             figures = drain_figures(listen, schema, wall)
         except BaseException:
             worker.stop()
@@ -327,17 +349,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    dsn = resolve_dsn(args.dsn)
+    dsn, pgdata = resolve_dsn(args.dsn)
     details = machine_details(dsn)
     print_details(details)
     print(f"sizes:      {asdict(sizes)}", flush=True)
-    results = run(dsn, sizes, args.concurrency, args.keep_schema)
+    with CpuMeter(pgdata) as cpu:
+        results = run(dsn, sizes, args.concurrency, args.keep_schema)
     print()
     print_results(results)
+    print(f"\n{cpu.summary()}")
+    if cpu.disturbed:
+        print("warning: other processes used the CPU meanwhile: these figures are disturbed")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"details": dict(details), "sizes": asdict(sizes),
-                                         "results": [asdict(r) for r in results]}, indent=2))
+                                         "cpu": asdict(cpu), "disturbed": cpu.disturbed,
+                                         "results": [asdict(r) for r in results]},
+                                        indent=2, default=str))
     return 0
 
 
