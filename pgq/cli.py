@@ -299,13 +299,38 @@ def _age(value: Any) -> str:
 @app_option
 @dsn_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS", is_flag=False,
+              flag_value=2.0, help="Refresh in place every SECONDS (default 2) until Ctrl-C.")
 @click.pass_obj
 @_errors
-def status(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool) -> None:
-    """Show queues (jobs per state, oldest waiting, jobs/min) and workers."""
-    from pgq.monitor import snapshot
+def status(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool,
+           watch: float | None) -> None:
+    """Show queues (jobs per state, oldest waiting, jobs/min) and workers.
+
+    \b
+    Examples:
+      pgq status -A shop.tasks
+      pgq status --watch          # refresh every 2 s
+      pgq status --json | jq '.queues'
+    """
+    import time
 
     app = obj.app(app_spec, dsn)
+    if watch is None:
+        _print_status(app, as_json)
+        return
+    try:
+        while True:
+            click.echo("\x1b[H\x1b[2J", nl=False, color=True)  # cursor home, clear screen
+            _print_status(app, as_json)
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_status(app: App, as_json: bool) -> None:
+    from pgq.monitor import snapshot
+
     snap = snapshot(app)
     if as_json:
         click.echo(json.dumps(snap, default=str, indent=2))
@@ -338,6 +363,40 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
         click.echo(f"revoked {job_id}")
     else:
         raise PgqError(f"job {job_id} is not waiting or running (unknown id or finished)")
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.argument("job_ids", nargs=-1)
+@click.option("--failed", is_flag=True, help="Every FAILURE job (of -Q queues).")
+@click.option("-Q", "--queues", help="With --failed: only these queues (comma-separated).")
+@click.pass_obj
+@_errors
+def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[str, ...],
+          failed: bool, queues: str | None) -> None:
+    """Put finished jobs back in their queue under the same id (result cleared, retry count
+    reset).
+
+    \b
+    Examples:
+      pgq retry 6f1c7c3e-…            # one job
+      pgq retry --failed -Q payments  # every failed job of a queue
+    """
+    if bool(job_ids) == failed:
+        raise PgqError("give job ids or --failed (not both)")
+    app = obj.app(app_spec, dsn)
+    names = [q.strip() for q in queues.split(",")] if queues else None
+    q = app.queries
+    with connect(app.dsn) as conn, conn.transaction():
+        rows = execute(conn, q.retry_jobs, {"ids": list(job_ids) or None, "failed": failed,
+                                            "queues": names})
+        for queue in {row[1] for row in rows}:
+            execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
+    if job_ids and len(rows) < len(job_ids):
+        missing = set(job_ids) - {row[0] for row in rows}
+        raise PgqError(f"not finished or unknown: {', '.join(sorted(missing))}")
+    click.echo(f"{len(rows)} job(s) back in their queue")
 
 
 @main.command()

@@ -116,6 +116,7 @@ SET state = o.state,
     eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
                THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
     worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
+    last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
     finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
     runtime_ms = o.runtime_ms
 FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
@@ -256,6 +257,7 @@ RETURNING id, hostname, pid
 -- as a retry (a job that keeps killing its worker must run out of retries, not loop).
 UPDATE {schema}.jobs AS j
 SET state = 'RETRY', retries = j.retries + 1, worker_id = NULL, started_at = NULL,
+    last_retry_at = now(),
     progress_state = NULL, meta = NULL, exc_type = 'pgq.errors.WorkerLostError',
     exc_message = 'the worker running this job was lost (no heartbeat)'
 WHERE j.state = 'STARTED'
@@ -291,6 +293,19 @@ GROUP BY queue
 -- name: worker_status
 SELECT worker, hostname, pid, queues, concurrency, running, started_at, last_heartbeat, alive
 FROM {schema}.worker_status ORDER BY alive DESC, started_at DESC
+
+-- name: retry_jobs
+-- `pgq retry`: the same job ids back to PENDING, result cleared, retry count reset.
+UPDATE {schema}.jobs
+SET state = 'PENDING', retries = 0, run_at = now(), eta = NULL, worker_id = NULL,
+    started_at = NULL, finished_at = NULL, result = NULL, exc_type = NULL,
+    exc_message = NULL, traceback = NULL, progress_state = NULL, meta = NULL,
+    runtime_ms = NULL, expires_at = NULL
+WHERE state IN ('FAILURE', 'REVOKED', 'SUCCESS')
+  AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
+  AND (%(failed)s = false OR state = 'FAILURE')
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+RETURNING id::text, queue
 
 -- name: purge
 DELETE FROM {schema}.jobs

@@ -4,17 +4,20 @@ batch for `get()` waiters."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgq import enqueue, serialization, workflow
 from pgq.db.connection import execute
+from pgq.errors import PgqError
 from pgq.worker.executor import Job, Outcome, job_options, takes_request_exc_traceback
 
 if TYPE_CHECKING:
     from pgq.app import App
 
+log = logging.getLogger("pgq.worker")
 NOTIFY_PAYLOAD_MAX = 7800  # PostgreSQL's limit is 8000 bytes
 CHORD_ERROR = "pgq.errors.ChordError"
 
@@ -146,3 +149,30 @@ class CarryForward:
         for row in self.failed:
             execute(self.conn, self.app.queries.insert_failed, row)
         return [str(row["id"]) for row in self.failed]
+
+
+def write_outcomes(app: App, conn: Any, worker_id: str, outcomes: Sequence[Outcome],
+                   jobs: Mapping[str, Job]) -> bool:
+    """Write a batch of outcomes (guarded), start what follows them, and NOTIFY waiters and
+    workers. Returns True when a job went back to its queue due now (an immediate retry)."""
+    q = app.queries
+    rows = execute(conn, q.complete, complete_params(outcomes, worker_id))
+    written = {str(row[0]) for row in rows}
+    if len(written) < len(outcomes):
+        log.warning("%d outcome(s) discarded: their jobs were revoked or rescued meanwhile",
+                    len(outcomes) - len(written))
+    carry = CarryForward(app, conn)
+    for outcome in outcomes:
+        job = jobs.get(outcome.id)
+        if job is not None and outcome.id in written:
+            try:
+                carry.add(job, outcome)
+            except (PgqError, ValueError, KeyError) as exc:  # a bad callback or step
+                log.error("job %s: cannot start what follows it: %s", job.id, exc)
+    done = [str(r[0]) for r in rows if r[1] != "RETRY"] + carry.write()
+    for payload in done_payloads(done):
+        execute(conn, q.notify, {"channel": q.done_channel, "payload": payload})
+    due_now = {r[2] for r in rows if r[1] == "RETRY" and r[3]}
+    for queue in due_now:
+        execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
+    return bool(due_now)

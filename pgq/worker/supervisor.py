@@ -20,9 +20,8 @@ import psycopg
 
 from pgq.db.connection import connect, execute, first_line
 from pgq.db.listener import Listener
-from pgq.errors import PgqError
 from pgq.task import rate_interval
-from pgq.worker.completer import CarryForward, complete_params, done_payloads
+from pgq.worker.completer import write_outcomes
 from pgq.worker.executor import Job, Outcome
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.pool import POOLS, PoolConfig
@@ -279,27 +278,8 @@ class Worker:
         return jobs
 
     def _complete(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> None:
-        q = self.app.queries
-        rows = execute(conn, q.complete, complete_params(outcomes, self.id))
-        written = {str(row[0]) for row in rows}
-        if len(written) < len(outcomes):
-            log.warning("%d outcome(s) discarded: their jobs were revoked or rescued meanwhile",
-                        len(outcomes) - len(written))
-        carry = CarryForward(self.app, conn)
-        for outcome in outcomes:
-            job = self.inflight.get(outcome.id)
-            if job is not None and outcome.id in written:
-                try:
-                    carry.add(job, outcome)
-                except (PgqError, ValueError, KeyError) as exc:  # a bad callback or step
-                    log.error("job %s: cannot start what follows it: %s", job.id, exc)
-        finished_unrun = carry.write()
-        done = [str(r[0]) for r in rows if r[1] != "RETRY"] + finished_unrun
-        for payload in done_payloads(done):
-            execute(conn, q.notify, {"channel": q.done_channel, "payload": payload})
-        for queue in {r[2] for r in rows if r[1] == "RETRY" and r[3]}:
-            execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
-            self.notified = True
+        if write_outcomes(self.app, conn, self.id, outcomes, self.inflight):
+            self.notified = True  # a job went back to our queues for an immediate retry
 
     def _requeue(self, jobs: list[Job]) -> None:
         if not jobs:

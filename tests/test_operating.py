@@ -1,0 +1,118 @@
+"""Operating pgq: retry, the monitoring views, status --watch, the testing helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from apps.basic import add, fail_value, retry_until, tsum
+
+import pgq
+from pgq.testing import drain, eager
+
+PGQ = str(Path(sys.executable).parent / "pgq")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PGQ, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_retry_one_job_and_all_failed(app, db):
+    bad = [fail_value.delay(f"x{i}") for i in range(3)]
+    assert drain(app) == 3
+    assert all(r.state == "FAILURE" for r in bad)
+    proc = run("retry", "-A", "apps.basic", bad[0].id)
+    assert proc.returncode == 0, proc.stderr
+    again = app.AsyncResult(bad[0].id)  # a finished result is cached: read it afresh
+    assert again.state == "PENDING" and again.retries == 0
+    proc = run("retry", "-A", "apps.basic", "--failed")
+    assert "2 job(s)" in proc.stdout
+    assert {app.AsyncResult(r.id).state for r in bad} == {"PENDING"}
+    assert run("retry", "-A", "apps.basic").returncode == 1  # neither ids nor --failed
+
+
+def test_retry_of_a_waiting_job_is_an_error(app):
+    waiting = add.apply_async((1, 1), countdown=600)
+    proc = run("retry", "-A", "apps.basic", waiting.id)
+    assert proc.returncode == 1 and "not finished" in proc.stderr
+
+
+def test_task_stats_and_recent_failures(app, db):
+    for i in range(4):
+        add.delay(i, i)
+    fail_value.delay("boom")
+    retry_until.delay(1)
+    add.apply_async((1, 1), countdown=600)
+    drain(app)
+    time.sleep(0.25)  # let the retry come due
+    drain(app)
+    rows = {r[0]: r[1:] for r in db.execute(
+        "SELECT task, pending, started, succeeded, failed, retried, p50_ms, p95_ms, p99_ms "
+        "FROM pgq.task_stats").fetchall()}
+    pending, started, succeeded, failed, _retried, p50, p95, p99 = rows["apps.basic.add"]
+    assert (pending, started, succeeded, failed) == (1, 0, 4, 0)
+    assert p50 is not None and p50 <= p95 <= p99
+    assert rows["apps.basic.fail_value"][3] == 1
+    assert rows["apps.basic.retry_until"][4] == 1
+    failure = db.execute("SELECT task, queue, retries, exc_type, exc_message "
+                         "FROM pgq.recent_failures LIMIT 1").fetchone()
+    assert failure == ("apps.basic.fail_value", "default", 0, "ValueError", "boom")
+
+
+def test_drain_runs_workflows_in_process(app):
+    chain_result = (add.s(1, 1) | add.s(1)).apply_async()
+    chord_result = pgq.chord([add.s(i, i) for i in range(3)], tsum.s()).apply_async()
+    assert drain(app) == 2 + 3 + 1
+    assert chain_result.get(timeout=1) == 3
+    assert chord_result.get(timeout=1) == 6
+
+
+def test_eager_mode_needs_no_worker(app, db):
+    with eager(app):
+        assert add.delay(2, 2).get() == 4
+        with pytest.raises(ValueError):
+            fail_value.delay("inline")
+    assert db.execute("SELECT count(*) FROM pgq.jobs").fetchone()[0] == 0
+    assert not app.conf.task_always_eager
+
+
+def test_status_watch_refreshes_until_interrupted(app):
+    proc = subprocess.Popen([PGQ, "status", "-A", "apps.basic", "--watch", "0.2"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(2)
+    out, _ = proc.communicate(timeout=10)
+    assert out.count("\x1b[2J") >= 3
+    assert proc.returncode == 0
+
+
+PLUGIN_TEST = '''
+import pgq
+pytest_plugins = ["pgq.testing.pytest_plugin"]
+
+app = pgq.App("user-app")
+
+@app.task
+def mul(x, y):
+    return x * y
+
+def test_with_the_plugin(pgq_app, pgq_drain):
+    bound = pgq_app(app)
+    result = mul.delay(6, 7)
+    assert pgq_drain(bound) == 1
+    assert result.get(timeout=5) == 42
+'''
+
+
+def test_pytest_plugin(tmp_path, dsn):
+    (tmp_path / "test_user.py").write_text(PLUGIN_TEST)
+    env = {**os.environ, "PGQ_TEST_DSN": dsn}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(tmp_path / "test_user.py")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
