@@ -248,14 +248,25 @@ class App:
 
     def enqueue_many(self, signatures: Iterable[Any], *, connection: Any = None
                      ) -> list[AsyncResult]:
-        """Enqueue many signatures in one statement (one round trip)."""
-        rows = []
-        for sig in signatures:
-            rows.append(enqueue.build_row(self, sig["task"], sig["args"], sig["kwargs"],
-                                          sig["options"], self.tasks.get(sig["task"])))
-        ids = enqueue.insert(self, rows, connection)
-        return [AsyncResult(job_id, app=self, task_name=row.task)
-                for job_id, row in zip(ids, rows, strict=True)]
+        """Enqueue many signatures (workflows too) in one transaction, with one statement
+        for all plain task signatures."""
+        from pgq import workflow
+
+        sigs = list(signatures)
+        plain = [s for s in sigs if not workflow.is_workflow(s)]
+        rows = enqueue.build_rows(self, plain)
+        chords: list[Any] = []
+        workflow_ids = []
+        for sig in sigs:
+            if workflow.is_workflow(sig):
+                sig_plan, started = workflow.plan(self, sig)
+                rows.extend(sig_plan.jobs)
+                chords.extend(sig_plan.chords)
+                workflow_ids.append(started.result_id or started.group_id or "")
+        ids = enqueue.insert_plan(self, rows, chords, connection)
+        plain_ids, other_ids = iter(ids[:len(plain)]), iter(workflow_ids)
+        return [AsyncResult(next(other_ids) if workflow.is_workflow(sig) else next(plain_ids),
+                            app=self, task_name=sig["task"]) for sig in sigs]
 
     # --- results ----------------------------------------------------------------------------
 

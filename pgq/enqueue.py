@@ -6,9 +6,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
@@ -41,8 +40,7 @@ ALLOWED_OPTIONS = frozenset(RUNTIME_OPTIONS) | IGNORED_OPTIONS | {"group_id", "r
                                                                    "parent_id"}
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
+class JobRow(NamedTuple):
     id: str
     task: str
     queue: str
@@ -102,6 +100,29 @@ def build_row(
         group_id=options.get("group_id"),
         chosen_id=options.get("task_id") is not None,
     )
+
+
+def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow]:
+    """Rows for many task signatures. Signatures without options share everything but their
+    id and arguments, so each task's row is built once and copied (the bulk fast path)."""
+    templates: dict[str, JobRow] = {}
+    rows = []
+    for sig in signatures:
+        name, options = sig["task"], sig["options"]
+        task = app.tasks.get(name)
+        if options or (task is not None and (task.unique or task.serializer)):
+            rows.append(build_row(app, name, sig["args"], sig["kwargs"], options, task))
+            continue
+        template = templates.get(name)
+        if template is None:
+            template = templates[name] = build_row(app, name, (), None, {}, task)
+        kwargs = sig["kwargs"]
+        rows.append(template._replace(
+            id=str(uuid.uuid4()),
+            args=serialization.dumps(sig["args"], "args"),
+            kwargs=serialization.dumps(kwargs, "kwargs") if kwargs else "{}",
+        ))
+    return rows
 
 
 def _uses_pickle(app: App, task: Task | None) -> bool:
@@ -216,6 +237,8 @@ COPY_THRESHOLD = 100
 def insert_plan(app: App, jobs: Sequence[JobRow], chords: Sequence[Any],
                 connection: Any = None) -> list[str]:
     """Insert a workflow's job rows and chord rows atomically."""
+    if not chords:  # one statement is atomic on its own
+        return insert(app, jobs, connection)
     if connection is not None:
         conn = dbapi_connection(connection)
         insert_chords(app, conn, chords)

@@ -76,8 +76,13 @@ def _untag(obj: Any) -> Any:
     return obj
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def dumps(obj: Any, what: str = "value") -> str:
     """Encode `obj` as JSON text; raise `EncodeError` naming the offending part."""
+    if type(obj) in (list, tuple) and all(type(item) in _PLAIN for item in obj):
+        return orjson.dumps(obj).decode()  # the common case: nothing to tag or check
     return orjson.dumps(_tag(obj, what)).decode()
 
 

@@ -182,3 +182,12 @@ def test_task_id_is_used(app, db):
     job_id = "0b8f4c1e-6a7d-4f0e-9d1c-2b3a4c5d6e7f"
     assert add.apply_async((1, 2), task_id=job_id).id == job_id
     assert job_count(db, job_id) == 1
+
+
+def test_enqueue_many_accepts_workflows_and_plain_signatures(app, db):
+    from pgq import chain, group
+
+    results = app.enqueue_many([add.s(1, 1), chain(add.s(1, 1), add.s(2)),
+                                group(add.s(i, i) for i in range(3)), echo.s(k=1)])
+    assert len(results) == 4
+    assert db.execute("SELECT count(*) FROM pgq.jobs").fetchone()[0] == 1 + 1 + 3 + 1
