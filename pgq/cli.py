@@ -94,9 +94,27 @@ def main(ctx: click.Context, app_spec: str | None, dsn: str | None, debug: bool)
     ctx.obj = Context(app_spec, dsn, debug)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, process, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                 "logger": record.name, "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 @main.command()
@@ -115,13 +133,18 @@ def _setup_logging(level: str) -> None:
 @click.option("-n", "--hostname", help="Name shown in self.request.hostname and worker_status "
               "(%h, %n, %d expand as in Celery).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, for log shippers.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on this port (needs pgq-tasks[metrics]).")
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
            concurrency: int | None, pool: str | None, max_tasks_per_child: int | None,
            max_memory_per_child: int | None, prefetch_multiplier: int | None,
            time_limit: float | None, soft_time_limit: float | None, beat: bool,
-           hostname: str | None, loglevel: str) -> None:
+           hostname: str | None, loglevel: str, log_format: str,
+           metrics_port: int | None) -> None:
     """Run a worker.
 
     \b
@@ -129,13 +152,14 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
       pgq worker -A shop.tasks -c 4
       pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
     """
-    _setup_logging(loglevel)
+    _setup_logging(loglevel, log_format)
     from pgq.worker.supervisor import Worker
 
     app = obj.app(app_spec, dsn)
     app.import_modules()
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
+                  metrics_port=metrics_port,
                   pool=pool or app.conf.worker_pool,
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,

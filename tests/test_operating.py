@@ -116,3 +116,48 @@ def test_pytest_plugin(tmp_path, dsn):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_prometheus_metrics(app, start_worker):
+    import urllib.request
+
+    from conftest import wait_until
+
+    port = free_port()
+    start_worker("-c", "2", "--metrics-port", str(port))
+    for i in range(5):
+        add.delay(i, i).get(timeout=10)
+    fail_value.apply_async(("x",), queue="default")
+    add.apply_async((1, 1), countdown=600)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    text = wait_until(lambda: (t := scrape()) and 'pgq_queue_depth{queue="default"} 1.0' in t and
+                      'pgq_jobs_failed_total{queue="default",task="apps.basic.fail_value"} 1.0'
+                      in t and t, what="metrics")
+    assert 'pgq_jobs_succeeded_total{queue="default",task="apps.basic.add"} 5.0' in text
+    assert 'pgq_jobs_claimed_total{queue="default",task="apps.basic.add"} 5.0' in text
+    assert "pgq_job_runtime_seconds_bucket" in text
+    assert 'pgq_queue_depth{queue="default"} 1.0' in text
+    assert "pgq_children 2.0" in text
+
+
+def test_json_logs(app, start_worker):
+    import json
+
+    worker = start_worker("-c", "1", "--log-format", "json")
+    add.delay(1, 1).get(timeout=10)
+    lines = [line for line in worker.output().splitlines() if line.startswith("{")]
+    assert lines, worker.output()
+    entry = json.loads(lines[-1])
+    assert {"time", "level", "logger", "pid", "message"} <= set(entry)

@@ -329,5 +329,10 @@ SELECT id::text, task, queue, finished_at, retries,
        left(coalesce(exc_type, '') || ': ' || coalesce(exc_message, ''), 80)
 FROM {schema}.jobs WHERE state = 'FAILURE' ORDER BY finished_at DESC LIMIT %(limit)s
 
+-- name: queue_depth
+SELECT q.name, (SELECT count(*) FROM {schema}.jobs
+                WHERE queue = q.name AND state IN ('PENDING', 'RETRY'))
+FROM unnest(%(queues)s::text[]) AS q(name)
+
 -- name: lock_maintenance
 SELECT pg_try_advisory_xact_lock(hashtext(%(key)s))

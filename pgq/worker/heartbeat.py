@@ -24,8 +24,10 @@ PRUNE_BATCH = 5000
 
 class Heartbeat:
     def __init__(self, app: App, worker_id: str, register: Callable[[Any], None],
-                 probe_channel: str | None = None) -> None:
+                 probe_channel: str | None = None,
+                 on_beat: Callable[[Any], None] | None = None) -> None:
         self.app = app
+        self.on_beat = on_beat
         self.probe_channel = probe_channel
         self.worker_id = worker_id
         self.register = register
@@ -66,6 +68,8 @@ class Heartbeat:
         if self.probe_channel:  # proves to our own LISTEN connection that it still hears
             execute(conn, q.notify, {"channel": self.probe_channel, "payload": ""})
         rescue(self.app, conn)
+        if self.on_beat is not None:
+            self.on_beat(conn)
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
             self._last_prune = time.monotonic()
             prune(self.app, conn, float(self.app.conf.result_expires))

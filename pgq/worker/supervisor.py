@@ -24,6 +24,8 @@ from pgq.task import rate_interval
 from pgq.worker.completer import write_outcomes
 from pgq.worker.executor import Job, Outcome
 from pgq.worker.heartbeat import Heartbeat
+from pgq.worker.metrics import Metrics, PrometheusMetrics
+from pgq.worker.metrics import serve as serve_metrics
 from pgq.worker.pool import POOLS, PoolConfig
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class Worker:
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         beat: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -70,6 +73,8 @@ class Worker:
         self.probe_channel = f"{app.schema}_probe_{self.id.replace('-', '')}"
         self.pool_name = pool
         self.beat = beat
+        self.metrics_port = metrics_port
+        self.metrics = Metrics()
         self.pool = POOLS[pool](PoolConfig(
             app, self.concurrency, self.hostname,
             max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
@@ -196,6 +201,7 @@ class Worker:
             self._db_failed(exc)
             return
         self.pending = []
+        self.metrics.finished(outcomes, self.inflight)
         for outcome in outcomes:
             self.inflight.pop(outcome.id, None)
             self.claimed_at.pop(outcome.id, None)
@@ -203,6 +209,7 @@ class Worker:
             now = time.monotonic()
             self.last_claim = now
             self.claim_more = len(claimed) >= want
+            self.metrics.claimed(claimed)
             for job in claimed:
                 if job.state == "STARTED":
                     self.inflight[job.id] = job
@@ -301,6 +308,13 @@ class Worker:
         except psycopg.Error as exc:
             self._db_failed(exc)
 
+    def _on_beat(self, conn: psycopg.Connection[Any]) -> None:
+        """Every heartbeat: refresh the gauges (cheap; only when metrics are served)."""
+        if isinstance(self.metrics, PrometheusMetrics):
+            self.metrics.children(self.pool.busy(), self.concurrency)
+            rows = execute(conn, self.app.queries.queue_depth, {"queues": self.queues})
+            self.metrics.queue_depth({queue: depth for queue, depth in rows})
+
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -309,6 +323,8 @@ class Worker:
         conn = connect(self.app.dsn)
         self._register(conn)
         conn.close()
+        if self.metrics_port:
+            self.metrics = serve_metrics(self.metrics_port, self.id)
         q = self.app.queries
         listener = Listener(self.app.dsn, [q.jobs_channel, q.control_channel],
                             probe_channel=self.probe_channel,
@@ -318,7 +334,8 @@ class Worker:
         listener.on(q.control_channel, self._on_control)
         listener.on_reconnect(self._on_reconnect)
         listener.start()
-        heartbeat = Heartbeat(self.app, self.id, self._register, self.probe_channel)
+        heartbeat = Heartbeat(self.app, self.id, self._register, self.probe_channel,
+                              on_beat=self._on_beat)
         heartbeat.start()
         scheduler = None
         if self.beat:
