@@ -472,6 +472,42 @@ def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | Non
         click.echo(f"purged {cur.rowcount} waiting job(s) from {where}")
 
 
+@main.command()
+@app_option
+@dsn_option
+@click.option("--producer", metavar="ROLE", help="May enqueue and read results only.")
+@click.option("--worker", "worker_role", metavar="ROLE", help="May run workers.")
+@click.option("--monitor", metavar="ROLE", help="May read the monitoring views only.")
+@click.option("--create", is_flag=True, help="Create missing roles (LOGIN, no password).")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.pass_obj
+@_errors
+def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | None,
+          worker_role: str | None, monitor: str | None, create: bool, sql: bool) -> None:
+    """Grant least-privilege access to the pgq schema (run after pgq migrate).
+
+    \b
+    Examples:
+      pgq grant --producer web --worker jobs --monitor grafana
+      pgq grant --producer web --sql > grants.sql
+    """
+    from pgq.db.grants import grant_statements
+
+    if not (producer or worker_role or monitor):
+        raise PgqError("name at least one of --producer, --worker, --monitor")
+    app = obj.app(app_spec, dsn)
+    statements = grant_statements(app.schema, producer=producer, worker=worker_role,
+                                  monitor=monitor, create=create)
+    if sql:
+        for statement in statements:
+            click.echo(statement.as_string(None) + ";")
+        return
+    with connect(app.dsn) as conn, conn.transaction():
+        for statement in statements:
+            conn.execute(statement)
+    click.echo(f"granted on schema {app.schema!r}")
+
+
 @main.group()
 def embedded() -> None:
     """The embedded development PostgreSQL in ./.pgq/pgdata."""

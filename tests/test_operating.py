@@ -161,3 +161,44 @@ def test_json_logs(app, start_worker):
     assert lines, worker.output()
     entry = json.loads(lines[-1])
     assert {"time", "level", "logger", "pid", "message"} <= set(entry)
+
+
+def test_least_privilege_roles(app, dsn, db):
+    import psycopg
+    from psycopg import conninfo
+
+    from pgq.db.queries import queries_for
+
+    suffix = os.urandom(3).hex()
+    producer, worker, monitor = f"p_{suffix}", f"w_{suffix}", f"m_{suffix}"
+    proc = run("grant", "-A", "apps.basic", "--producer", producer, "--worker", worker,
+               "--monitor", monitor, "--create")
+    assert proc.returncode == 0, proc.stderr
+    as_role = {role: conninfo.make_conninfo(dsn, user=role)
+               for role in (producer, worker, monitor)}
+    # The producer enqueues and reads results ...
+    producer_app = pgq.App("producer", dsn=as_role[producer])
+    job = producer_app.send_task("apps.basic.add", args=[20, 22])
+    assert drain(app) == 1
+    assert producer_app.AsyncResult(job.id).get(timeout=5) == 42
+    # ... but cannot claim.
+    claim = queries_for("pgq").claim
+    with psycopg.connect(as_role[producer]) as conn, pytest.raises(
+            psycopg.errors.InsufficientPrivilege):
+        conn.execute(claim, {"queues": ["default"], "limit": 1,
+                             "worker": "00000000-0000-0000-0000-000000000000"})
+    # The monitor reads the views and nothing else.
+    with psycopg.connect(as_role[monitor]) as conn:
+        for view in ("queue_stats", "worker_status", "task_stats", "recent_failures"):
+            conn.execute(f"SELECT * FROM pgq.{view}").fetchall()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM pgq.jobs")
+    # The worker role can claim.
+    with psycopg.connect(as_role[worker]) as conn:
+        conn.execute(claim, {"queues": ["default"], "limit": 1,
+                             "worker": "00000000-0000-0000-0000-000000000000"})
+    producer_app.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for role in (producer, worker, monitor):
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
