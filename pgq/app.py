@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 
 from pgq import enqueue
 from pgq.config import Settings
-from pgq.db.connection import ProducerPool, check_dsn, execute
+from pgq.db.connection import ProducerPool, check_dsn, connect, execute
 from pgq.db.queries import Queries, queries_for
 from pgq.errors import ConfigurationError, NotRegistered
 from pgq.result import AsyncResult, ResultWaiter, wait_loop
@@ -193,8 +193,25 @@ class App:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ProducerPool(self.dsn, int(self.conf.pool_max_size))
+                    self._pool = ProducerPool(self.dsn, int(self.conf.pool_max_size),
+                                              self.connect_kwargs())
         return self._pool
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        # PgBouncer (before 1.21) in transaction mode cannot keep prepared statements.
+        return {"prepare_threshold": None} if self.conf.pgbouncer else {}
+
+    def connect(self, **kwargs: Any) -> Any:
+        """A new connection of pgq's own (autocommit unless told otherwise)."""
+        return connect(self.dsn, **self.connect_kwargs(), **kwargs)
+
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where LISTEN can go: `listen_dsn`, else the DSN unless it is a PgBouncer one
+        (None: poll instead)."""
+        if self.conf.listen_dsn:
+            return check_dsn(str(self.conf.listen_dsn))
+        return None if self.conf.pgbouncer else self.dsn
 
     def send_task(
         self,
@@ -278,11 +295,14 @@ class App:
 
         return GroupResult(id, results, app=self)
 
-    def _result_waiter(self) -> ResultWaiter:
+    def _result_waiter(self) -> ResultWaiter | None:
+        listen_dsn = self.listen_dsn
+        if listen_dsn is None:
+            return None  # PgBouncer without a listen_dsn: get() polls
         if self._waiter is None or self._waiter_pid != os.getpid():
             with self._lock:
                 if self._waiter is None or self._waiter_pid != os.getpid():
-                    self._waiter = ResultWaiter(self.dsn, self.queries.done_channel)
+                    self._waiter = ResultWaiter(listen_dsn, self.queries.done_channel)
                     self._waiter_pid = os.getpid()
         return self._waiter
 

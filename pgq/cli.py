@@ -15,7 +15,7 @@ import click
 import psycopg
 
 from pgq.app import App
-from pgq.db.connection import check_dsn, connect, execute, first_line
+from pgq.db.connection import check_dsn, execute, first_line
 from pgq.errors import ConfigurationError, PgqError
 
 
@@ -215,7 +215,7 @@ def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
 def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Jobs running now, with the worker running each."""
     app = obj.app(app_spec, dsn)
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_active)
     _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR"],
                 [(r[0], r[1], r[2], r[3], r[4], _age(r[5])) for r in rows], "no active jobs")
@@ -229,7 +229,7 @@ def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
 def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Periodic schedules (last and next run) and jobs waiting for their eta."""
     app = obj.app(app_spec, dsn)
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         schedules = execute(conn, app.queries.schedules_list)
         waiting = execute(conn, app.queries.inspect_eta)
     _print_rows(["SCHEDULE", "TASK", "EVERY", "TZ", "ENABLED", "LAST RUN", "NEXT RUN"],
@@ -263,7 +263,7 @@ def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> N
 def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
     """The most recent failed jobs."""
     app = obj.app(app_spec, dsn)
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_failed, {"limit": limit})
     _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR"], rows,
                 "no failed jobs")
@@ -412,7 +412,7 @@ def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[st
     app = obj.app(app_spec, dsn)
     names = [q.strip() for q in queues.split(",")] if queues else None
     q = app.queries
-    with connect(app.dsn) as conn, conn.transaction():
+    with app.connect() as conn, conn.transaction():
         rows = execute(conn, q.retry_jobs, {"ids": list(job_ids) or None, "failed": failed,
                                             "queues": names})
         for queue in {row[1] for row in rows}:
@@ -436,7 +436,7 @@ def prune(obj: Context, app_spec: str | None, dsn: str | None, older_than: str |
 
     app = obj.app(app_spec, dsn)
     seconds = parse_duration(older_than) if older_than else float(app.conf.result_expires)
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         deleted = prune_jobs(app, conn, seconds)
     click.echo(f"pruned {deleted} finished job(s)")
 
@@ -467,7 +467,7 @@ def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | Non
         if not sys.stdin.isatty():
             raise PgqError("refusing to purge without --yes when not interactive")
         click.confirm(f"Delete every waiting job of {where}?", abort=True)
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         cur = conn.execute(app.queries.purge, {"queues": names})
         click.echo(f"purged {cur.rowcount} waiting job(s) from {where}")
 
@@ -502,7 +502,7 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
         for statement in statements:
             click.echo(statement.as_string(None) + ";")
         return
-    with connect(app.dsn) as conn, conn.transaction():
+    with app.connect() as conn, conn.transaction():
         for statement in statements:
             conn.execute(statement)
     click.echo(f"granted on schema {app.schema!r}")
@@ -549,7 +549,7 @@ def embedded_status() -> None:
 def result(obj: Context, job_id: str, app_spec: str | None, dsn: str | None) -> None:
     """Print a job's state and result."""
     app = obj.app(app_spec, dsn)
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         rows = execute(conn, app.queries.get_result, {"id": job_id})
     click.echo(rows[0] if rows else "PENDING")
 

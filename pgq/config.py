@@ -82,6 +82,10 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "worker_poll_interval": (2.0, float),
     "result_poll_interval": (2.0, float),
     "pool_max_size": (10, int),
+    # Through PgBouncer in transaction mode: no server-side prepared statements, and LISTEN
+    # only over `listen_dsn` (a direct connection) — without one, workers and get() poll.
+    "pgbouncer": (False, _bool),
+    "listen_dsn": (None, str),
 }
 
 # Celery settings that have no meaning here: accepted, warned about once, otherwise ignored.

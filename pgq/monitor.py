@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pgq.db.connection import connect, execute
+from pgq.db.connection import execute
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -15,7 +15,7 @@ WAITING = ("PENDING", "RETRY")
 
 def snapshot(app: App) -> dict[str, Any]:
     q = app.queries
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         stats = execute(conn, q.queue_stats)
         per_minute = dict(execute(conn, q.throughput))
         workers = execute(conn, q.worker_status)

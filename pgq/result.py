@@ -276,13 +276,14 @@ class GroupResult:
             result.forget()
 
 
-def wait_loop(waiter: ResultWaiter, job_ids: Sequence[str], timeout: float | None,
+def wait_loop(waiter: ResultWaiter | None, job_ids: Sequence[str], timeout: float | None,
               check: Any, fallback: float) -> Any:
-    """Re-check on every wake-up (NOTIFY, reconnect, or a slow safety re-check)."""
+    """Re-check on every wake-up (NOTIFY, reconnect, or a slow safety re-check). With no
+    waiter (PgBouncer, no listen_dsn) it polls, from 10 ms up to `fallback`."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    event = waiter.register(job_ids)
+    event = waiter.register(job_ids) if waiter is not None else threading.Event()
     try:
-        safety = 0.25
+        safety = 0.25 if waiter is not None else 0.01
         while True:
             event.clear()
             outcome = check()
@@ -298,7 +299,8 @@ def wait_loop(waiter: ResultWaiter, job_ids: Sequence[str], timeout: float | Non
             event.wait(wait)
             safety = min(safety * 2, fallback)
     finally:
-        waiter.unregister(job_ids, event)
+        if waiter is not None:
+            waiter.unregister(job_ids, event)
 
 
 def _is_done(outcome: Any) -> bool:

@@ -61,9 +61,10 @@ def connect(dsn: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Conn
 class ProducerPool:
     """A psycopg pool per process (a forked child gets a fresh one, never its parent's)."""
 
-    def __init__(self, dsn: str, max_size: int) -> None:
+    def __init__(self, dsn: str, max_size: int, kwargs: dict[str, Any] | None = None) -> None:
         self.dsn = dsn
         self.max_size = max_size
+        self.kwargs = kwargs or {}
         self._pid = -1
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
@@ -75,7 +76,7 @@ class ProducerPool:
                     connect(self.dsn).close()  # fail fast, with a clear message
                     self._pool = psycopg_pool.ConnectionPool(
                         self.dsn, min_size=1, max_size=self.max_size, timeout=30,
-                        kwargs={"autocommit": True}, open=True,
+                        kwargs={"autocommit": True, **self.kwargs}, open=True,
                         name="pgq",
                     )
                     self._pid = os.getpid()

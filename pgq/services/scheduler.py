@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgq import enqueue, serialization
-from pgq.db.connection import connect, execute, first_line
+from pgq.db.connection import execute, first_line
 from pgq.schedules import Schedule, crontab, first_due, following, latest_due, parse
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = connect(self.app.dsn)
+                    conn = self.app.connect()
                 if time.monotonic() - last_sync >= RESYNC_EVERY:
                     self.sync(conn)
                     last_sync = time.monotonic()

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from pgq.db.connection import connect, execute
+from pgq.db.connection import execute
 from pgq.worker.completer import write_outcomes
 from pgq.worker.executor import Job
 from pgq.worker.executor import execute as execute_job
@@ -47,7 +47,7 @@ def drain(app: App, queues: Sequence[str] | None = None, *, max_jobs: int | None
     worker_id = str(uuid.uuid4())
     q = app.queries
     ran = 0
-    with connect(app.dsn) as conn:
+    with app.connect() as conn:
         execute(conn, q.register_worker, {
             "id": worker_id, "hostname": f"pgq-testing@{socket.gethostname()}",
             "pid": os.getpid(), "queues": queue_list, "concurrency": 1, "pool": "drain",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq.db.connection import connect, execute, first_line
+from pgq.db.connection import execute, first_line
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -50,7 +50,7 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = connect(self.app.dsn)
+                    self._conn = self.app.connect()
                 self.beat(self._conn)
             except Exception as exc:
                 log.warning("heartbeat failed (%s); will retry", first_line(exc))

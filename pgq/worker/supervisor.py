@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq.db.connection import connect, execute, first_line
+from pgq.db.connection import execute, first_line
 from pgq.db.listener import Listener
 from pgq.task import rate_interval
 from pgq.worker.completer import write_outcomes
@@ -151,7 +151,7 @@ class Worker:
         if time.monotonic() < self.db_retry_at:
             return None
         try:
-            self.conn = connect(self.app.dsn, autocommit=True)
+            self.conn = self.app.connect()
             self.db_backoff = 0.1
             self.notified = True
             return self.conn
@@ -308,6 +308,25 @@ class Worker:
         except psycopg.Error as exc:
             self._db_failed(exc)
 
+    def _listener(self) -> Listener | None:
+        """LISTEN for new jobs and control messages, or None: poll-only (PgBouncer)."""
+        listen_dsn = self.app.listen_dsn
+        if listen_dsn is None:
+            log.warning("pgbouncer=on and no listen_dsn: poll-only mode, claiming every %ss "
+                        "(set listen_dsn to a direct connection to be woken at once; "
+                        "revoke(terminate=True) needs it too)", self.poll_interval)
+            return None
+        q = self.app.queries
+        listener = Listener(listen_dsn, [q.jobs_channel, q.control_channel],
+                            probe_channel=self.probe_channel,
+                            probe_timeout=max(3 * float(self.app.conf.worker_heartbeat_interval),
+                                              2.0))
+        listener.on(q.jobs_channel, self._on_jobs)
+        listener.on(q.control_channel, self._on_control)
+        listener.on_reconnect(self._on_reconnect)
+        listener.start()
+        return listener
+
     def _on_beat(self, conn: psycopg.Connection[Any]) -> None:
         """Every heartbeat: refresh the gauges (cheap; only when metrics are served)."""
         if isinstance(self.metrics, PrometheusMetrics):
@@ -320,20 +339,13 @@ class Worker:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
-        conn = connect(self.app.dsn)
+        conn = self.app.connect()
         self._register(conn)
         conn.close()
         if self.metrics_port:
             self.metrics = serve_metrics(self.metrics_port, self.id)
         q = self.app.queries
-        listener = Listener(self.app.dsn, [q.jobs_channel, q.control_channel],
-                            probe_channel=self.probe_channel,
-                            probe_timeout=max(3 * float(self.app.conf.worker_heartbeat_interval),
-                                              2.0))
-        listener.on(q.jobs_channel, self._on_jobs)
-        listener.on(q.control_channel, self._on_control)
-        listener.on_reconnect(self._on_reconnect)
-        listener.start()
+        listener = self._listener()
         heartbeat = Heartbeat(self.app, self.id, self._register, self.probe_channel,
                               on_beat=self._on_beat)
         heartbeat.start()
@@ -354,11 +366,12 @@ class Worker:
             self.held.clear()
             if self.pending:
                 self._flush_and_claim(0)
-            listener.stop()
+            if listener is not None:
+                listener.stop()
             heartbeat.stop()
             if scheduler is not None:
                 scheduler.stop()
-            with contextlib.suppress(Exception), connect(self.app.dsn) as last:
+            with contextlib.suppress(Exception), self.app.connect() as last:
                 execute(last, q.stop_worker, {"id": self.id})
             if self.conn is not None:
                 self.conn.close()
