@@ -187,7 +187,7 @@ class Soak:
                 elif ppid in self.events.killed_workers:
                     reasons["its worker was killed (-9), rescued after worker_lost_timeout"] += 1
                 else:
-                    reasons["unexplained"] += 1
+                    reasons["unexplained"] += 1  # pgq promises none of these
         twice = sum(1 for j in enqueued if len(runs.get(j, [])) > 1)
         print()
         print(f"duration             {self.args.seconds:.0f} s, faults: "

@@ -39,6 +39,10 @@ class Server:
     def stop(self) -> None:
         self.pg_ctl("-m", "fast", "stop")
 
+    def start(self) -> None:
+        self.pg_ctl("-l", str(self.pgdata / "log"), "-o", '-h ""', "-o", f"-k {self.pgdata}",
+                    "start")
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -135,3 +139,19 @@ def test_hung_listen_backend_is_noticed_and_replaced(server, fapp, start_worker,
     finally:
         os.kill(pid, signal.SIGCONT)
         sql(server, "SELECT pg_terminate_backend(%s)", pid)
+
+
+def test_outage_longer_than_lost_timeout_reruns_nothing(server, fapp, start_worker, tmp_path):
+    """Every worker's heartbeat is old when the database comes back; the first worker back
+    must not declare the others lost (worker_lost_timeout is 3 s here)."""
+    log = tmp_path / "runs"
+    ids = enqueue_load(fapp, log, 4, seconds=6.0)
+    for _ in range(2):
+        start_worker("-c", "2", on_dsn=server.dsn)
+    wait_until(lambda: sum(run_counts(log).values()) == 4, what="all four jobs to start")
+    server.stop()
+    time.sleep(4.5)
+    server.start()
+    wait_until(lambda: all_succeeded(server, 4), timeout=60, what="every job to succeed")
+    counts = run_counts(log)
+    assert set(counts) == set(ids) and max(counts.values()) == 1, counts

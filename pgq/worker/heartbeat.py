@@ -36,6 +36,9 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="pgq-heartbeat", daemon=True)
         self._conn: psycopg.Connection[Any] | None = None
         self._last_prune = 0.0
+        self.lost_timeout = float(app.conf.worker_lost_timeout)
+        # A fresh worker may rescue at once (it connected to register, so the database is up).
+        self._reachable_since: float | None = time.monotonic() - self.lost_timeout
 
     def start(self) -> None:
         self._thread.start()
@@ -54,6 +57,7 @@ class Heartbeat:
                 self.beat(self._conn)
             except Exception as exc:
                 log.warning("heartbeat failed (%s); will retry", first_line(exc))
+                self._reachable_since = None
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
@@ -67,7 +71,14 @@ class Heartbeat:
             self.register(conn)
         if self.probe_channel:  # proves to our own LISTEN connection that it still hears
             execute(conn, q.notify, {"channel": self.probe_channel, "payload": ""})
-        rescue(self.app, conn)
+        now = time.monotonic()
+        if self._reachable_since is None:
+            self._reachable_since = now
+        # After an outage every worker's heartbeat is old: the first one back must not declare
+        # the others lost. Only a worker that has itself reached the database for a whole
+        # worker_lost_timeout may judge that another has not.
+        if now - self._reachable_since >= self.lost_timeout:
+            rescue(self.app, conn)
         if self.on_beat is not None:
             self.on_beat(conn)
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
