@@ -183,3 +183,25 @@ def test_errback_taking_request_exc_traceback_runs_in_the_worker(app, start_work
         result.get(timeout=10)
     wait_until(out.exists, what="the errback")
     assert out.read_text() == f"{result.id} RuntimeError True"
+
+
+def test_rescued_chord_header_job_counts_once(app, start_worker, tmp_path, db):
+    import os
+    import signal
+
+    from apps.basic import record_run
+    from conftest import wait_until
+
+    log = tmp_path / "runs"
+    doomed = start_worker("-c", "2")
+    header = [record_run.s(str(log), 1.5) for _ in range(2)] + [add.s(i, 0) for i in range(3)]
+    result = chord(header, identity.s()).apply_async()
+    wait_until(lambda: log.exists() and len(log.read_text().split("\n")) > 2,
+               what="the slow header jobs to start")
+    os.killpg(doomed.pid, signal.SIGKILL)  # both slow header jobs die with their worker
+    start_worker("-c", "2")  # rescues them after worker_lost_timeout
+    values = result.get(timeout=30)
+    assert values[2:] == [0, 1, 2] and values[:2] == [2, 2]  # second attempts
+    assert db.execute("SELECT count(*) FROM pgq.jobs WHERE task = 'apps.basic.identity'"
+                      ).fetchone()[0] == 1, "the body must be enqueued once"
+    assert db.execute("SELECT pending, state FROM pgq.chords").fetchone() == (0, "DONE")
