@@ -21,17 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_PGDATA = ROOT / ".pgq" / "benchdata"
 
 
-def resolve_dsn(dsn: str | None) -> tuple[str, Path | None]:
+def resolve_dsn(dsn: str | None) -> str:
     """`--dsn`, else $PGQ_DSN, else the embedded server in ./.pgq/benchdata (started if needed,
-    and left running). Returns the DSN and, for the embedded server, its data directory."""
+    and left running)."""
     if dsn:
-        return dsn, None
+        return dsn
     env = os.environ.get("PGQ_DSN")
     if env:
-        return env, None
+        return env
     from pgq import embedded
 
-    return embedded.ensure_server(BENCH_PGDATA), BENCH_PGDATA
+    return str(embedded.ensure_server(BENCH_PGDATA))
 
 
 def new_schema_name(prefix: str) -> str:
@@ -148,12 +148,28 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def server_cpu_s(pgdata: Path | None) -> float:
-    """CPU-seconds of an embedded server's postmaster and its backends (exited ones count
+def local_postmaster(dsn: str) -> int | None:
+    """The pid of the server's postmaster when it runs on this machine (the parent of our
+    backend, seen in /proc), else None."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        host = conn.info.host
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")) or row is None:
+        return None
+    try:
+        parent = int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if Path(f"/proc/{parent}/comm").read_text().strip() in ("postgres", "postmaster"):
+            return parent
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def server_cpu_s(postmaster: int | None) -> float:
+    """CPU-seconds of a local server's postmaster and its backends (exited ones count
     through the postmaster), or 0 when the server is not ours to see."""
-    if pgdata is None or not (pgdata / "postmaster.pid").exists():
+    if postmaster is None:
         return 0.0
-    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
     return _process_cpu_s(postmaster, True) + sum(
         _process_cpu_s(child, False) for child in _children(postmaster))
 
@@ -168,7 +184,7 @@ def own_cpu_s() -> float:
 class CpuMeter:
     """How much CPU this benchmark used, and how much other processes used meanwhile."""
 
-    pgdata: Path | None
+    postmaster: int | None
     started: float = 0.0
     busy: float = 0.0
     ours: float = 0.0
@@ -178,14 +194,14 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self.started = time.monotonic()
         self.busy = _machine_busy_s()
-        self.ours = own_cpu_s() + server_cpu_s(self.pgdata)
+        self.ours = own_cpu_s() + server_cpu_s(self.postmaster)
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.monotonic() - self.started
         self.available = wall * (os.cpu_count() or 1)
         self.busy = _machine_busy_s() - self.busy
-        self.ours = own_cpu_s() + server_cpu_s(self.pgdata) - self.ours
+        self.ours = own_cpu_s() + server_cpu_s(self.postmaster) - self.ours
         self.others = max(0.0, self.busy - self.ours)
 
     @property
@@ -193,7 +209,8 @@ class CpuMeter:
         return self.others > 0.05 * self.available
 
     def summary(self) -> str:
-        server = "its PostgreSQL" if self.pgdata else "not the (remote) PostgreSQL"
+        server = ("its PostgreSQL" if self.postmaster
+                  else "not PostgreSQL, which is remote or not visible from here")
         return (f"CPU during the run: {self.busy:.1f} of {self.available:.1f} CPU-s busy; "
                 f"this benchmark (client, worker, {server}) {self.ours:.1f} CPU-s, "
                 f"other processes {self.others:.1f} CPU-s "

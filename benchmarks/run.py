@@ -29,6 +29,7 @@ from common import (
     CpuMeter,
     format_table,
     fresh_schema,
+    local_postmaster,
     machine_details,
     print_details,
     resolve_dsn,
@@ -91,7 +92,8 @@ class WorkerProcess:
         self.log.flush()
         return Path(self.log.name).read_text()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> str:
+        """Warm shutdown (SIGTERM); returns what the worker logged (WARNING and above)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -99,8 +101,10 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        output = self.output()
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
+        return output
 
 
 def wait_registered(conn: psycopg.Connection[Any], schema: str, worker: WorkerProcess) -> None:
@@ -271,6 +275,22 @@ def drain_results(f: DrainFigures, concurrency: int) -> list[Result]:
 # --- C. round trip -----------------------------------------------------------------------------
 
 
+def stage_medians(conn: psycopg.Connection[Any], schema: str, ids: list[str]
+                  ) -> tuple[float, float]:
+    """Median ms from the enqueue (created_at) to the claim transaction (started_at), and
+    from there to the completion transaction (finished_at): timestamps are each
+    transaction's now()."""
+    row = conn.execute(sql.SQL("""
+        SELECT percentile_cont(0.5) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM started_at - created_at)),
+               percentile_cont(0.5) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM finished_at - started_at))
+        FROM {}.jobs WHERE id = ANY(%s::uuid[])""").format(sql.Identifier(schema)),
+        (ids,)).fetchone()
+    assert row is not None
+    return float(row[0]) * 1000, float(row[1]) * 1000
+
+
 def bench_round_trip(tasks: ModuleType, dsn: str, schema: str, worker: WorkerProcess,
                      sizes: Sizes) -> list[Result]:
     noop = tasks.noop
@@ -280,6 +300,7 @@ def bench_round_trip(tasks: ModuleType, dsn: str, schema: str, worker: WorkerPro
         noop.delay(i).get(timeout=30)
     totals: list[float] = []
     enqueues: list[float] = []
+    ids: list[str] = []
     for i in range(sizes.round_trips):
         started = time.perf_counter()
         result = noop.delay(i)
@@ -288,7 +309,10 @@ def bench_round_trip(tasks: ModuleType, dsn: str, schema: str, worker: WorkerPro
         done = time.perf_counter()
         totals.append((done - started) * 1000)
         enqueues.append((sent - started) * 1000)
+        ids.append(result.id)
     worker.check_alive()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        to_claim, to_complete = stage_medians(conn, schema, ids)
     n = sizes.round_trips
     return [
         Result("rt_p50", f"C. delay().get() round trip p50 ({n} sequential)",
@@ -297,8 +321,13 @@ def bench_round_trip(tasks: ModuleType, dsn: str, schema: str, worker: WorkerPro
         Result("rt_p95", "C. round trip p95", percentile(totals, 95), "ms", "", ""),
         Result("rt_p99", "C. round trip p99", percentile(totals, 99), "ms", "",
                f"max {max(totals):.2f} ms"),
-        Result("rt_enqueue_p50", "C. of which delay() alone, p50", percentile(enqueues, 50),
-               "ms", "", "INSERT + commit, before get() starts waiting"),
+        Result("rt_enqueue_p50", "C. stage: delay() returns, p50", percentile(enqueues, 50),
+               "ms", "", "INSERT + commit, client clock"),
+        Result("rt_to_claim_p50", "C. stage: enqueue -> claim txn, p50", to_claim, "ms", "",
+               "created_at -> started_at (commit, NOTIFY, wake-up, BEGIN)"),
+        Result("rt_to_complete_p50", "C. stage: claim txn -> completion txn, p50",
+               to_complete, "ms", "",
+               "started_at -> finished_at (claim, commit, child runs the job)"),
     ]
 
 
@@ -327,7 +356,9 @@ def run(dsn: str, sizes: Sizes, concurrency: int, keep_schema: bool) -> list[Res
                 results += drain_results(figures, concurrency)
                 results += bench_round_trip(tasks, dsn, schema, worker, sizes)
             finally:
-                worker.stop()
+                logged = worker.stop()
+            if logged.strip():
+                print(f"the worker logged:\n{logged}")
         finally:
             tasks.app.close()
     return results
@@ -349,11 +380,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    dsn, pgdata = resolve_dsn(args.dsn)
+    dsn = resolve_dsn(args.dsn)
     details = machine_details(dsn)
     print_details(details)
     print(f"sizes:      {asdict(sizes)}", flush=True)
-    with CpuMeter(pgdata) as cpu:
+    with CpuMeter(local_postmaster(dsn)) as cpu:
         results = run(dsn, sizes, args.concurrency, args.keep_schema)
     print()
     print_results(results)
