@@ -10,13 +10,9 @@ body's enqueue cost.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import psycopg
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -26,24 +22,16 @@ PGQ = str(Path(sys.executable).parent / "pgq")
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=10_000)
-    parser.add_argument("--dsn", default=os.environ.get("PGQ_DSN"))
+    parser.add_argument("--dsn")
     args = parser.parse_args()
-    if not args.dsn:
-        from pgq import embedded
-
-        args.dsn = embedded.ensure_server(ROOT / ".pgq" / "benchdata")
-    os.environ["PGQ_DSN"] = args.dsn
     sys.path.insert(0, str(HERE))
-    from chord_bench_tasks import app, noop, total
+    from common import local_app_worker
+
+    _, worker = local_app_worker(args.dsn, "chord_bench_tasks")
+    from chord_bench_tasks import noop, total
 
     from pgq import chord, group
 
-    app.migrate()
-    with psycopg.connect(args.dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgq.jobs, pgq.workers, pgq.chords")
-    worker = subprocess.Popen(
-        [PGQ, "worker", "-A", "chord_bench_tasks", "-c", "2", "-l", "WARNING"],
-        env={**os.environ, "PYTHONPATH": str(HERE)})
     try:
         time.sleep(1.5)
         rows = []

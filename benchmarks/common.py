@@ -230,3 +230,22 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def print_details(details: Sequence[tuple[str, str]]) -> None:
     for name, value in details:
         print(f"{name + ':':<12}{value}")
+
+
+def local_app_worker(dsn: str | None, tasks_module: str, *, env: dict[str, str] | None = None,
+                     concurrency: int = 2) -> tuple[str, subprocess.Popen[bytes]]:
+    """For the small single-purpose benchmarks: the DSN (as resolve_dsn), the `pgq` schema
+    migrated and emptied, and a `pgq worker -A tasks_module` started on it."""
+    import sys
+
+    dsn = resolve_dsn(dsn)
+    os.environ["PGQ_DSN"] = dsn
+    upgrade(dsn, "pgq")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgq.jobs, pgq.workers, pgq.chords")
+    here = str(Path(__file__).resolve().parent)
+    pgq_bin = str(Path(sys.executable).parent / "pgq")
+    worker = subprocess.Popen(
+        [pgq_bin, "worker", "-A", tasks_module, "-c", str(concurrency), "-l", "WARNING"],
+        env={**os.environ, "PYTHONPATH": here, **(env or {})})
+    return dsn, worker

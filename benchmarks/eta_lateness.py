@@ -10,9 +10,7 @@ PostgreSQL's clock. The worker's poll interval is set to 60 s, so only its own n
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,22 +27,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--over", type=float, default=10.0, help="seconds the etas span")
-    parser.add_argument("--dsn", default=os.environ.get("PGQ_DSN"))
+    parser.add_argument("--dsn")
     args = parser.parse_args()
-    if not args.dsn:
-        from pgq import embedded
-
-        args.dsn = embedded.ensure_server(ROOT / ".pgq" / "benchdata")
-    os.environ["PGQ_DSN"] = args.dsn
     sys.path.insert(0, str(HERE))
+    from common import local_app_worker
+
+    args.dsn, worker = local_app_worker(args.dsn, "chord_bench_tasks",
+                                        env={"PGQ_WORKER_POLL_INTERVAL": "60"})
     from chord_bench_tasks import app, noop
 
-    app.migrate()
-    with psycopg.connect(args.dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgq.jobs, pgq.workers")
-    worker = subprocess.Popen(
-        [PGQ, "worker", "-A", "chord_bench_tasks", "-c", "2", "-l", "WARNING"],
-        env={**os.environ, "PYTHONPATH": str(HERE), "PGQ_WORKER_POLL_INTERVAL": "60"})
     try:
         time.sleep(1.5)
         start = datetime.now(UTC) + timedelta(seconds=2)
