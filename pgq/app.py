@@ -270,20 +270,22 @@ class App:
         from pgq import workflow
 
         sigs = list(signatures)
-        plain = [s for s in sigs if not workflow.is_workflow(s)]
+        kinds = [workflow.is_workflow(s) for s in sigs]
+        plain = [s for s, is_flow in zip(sigs, kinds, strict=True) if not is_flow]
         rows = enqueue.build_rows(self, plain)
         chords: list[Any] = []
         workflow_ids = []
-        for sig in sigs:
-            if workflow.is_workflow(sig):
+        for sig, is_flow in zip(sigs, kinds, strict=True):
+            if is_flow:
                 sig_plan, started = workflow.plan(self, sig)
                 rows.extend(sig_plan.jobs)
                 chords.extend(sig_plan.chords)
                 workflow_ids.append(started.result_id or started.group_id or "")
         ids = enqueue.insert_plan(self, rows, chords, connection)
         plain_ids, other_ids = iter(ids[:len(plain)]), iter(workflow_ids)
-        return [AsyncResult(next(other_ids) if workflow.is_workflow(sig) else next(plain_ids),
-                            app=self, task_name=sig["task"]) for sig in sigs]
+        return [AsyncResult(next(other_ids) if is_flow else next(plain_ids), app=self,
+                            task_name=sig["task"]) for sig, is_flow in zip(sigs, kinds,
+                                                                           strict=True)]
 
     # --- results ----------------------------------------------------------------------------
 

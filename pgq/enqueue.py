@@ -4,6 +4,7 @@ connection (inside its transaction) or through the app's pool. One statement per
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -118,7 +119,7 @@ def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow
             template = templates[name] = build_row(app, name, (), None, {}, task)
         kwargs = sig["kwargs"]
         rows.append(template._replace(
-            id=str(uuid.uuid4()),
+            id=new_id(),
             args=serialization.dumps(sig["args"], "args"),
             kwargs=serialization.dumps(kwargs, "kwargs") if kwargs else "{}",
         ))
@@ -142,9 +143,18 @@ def _encode_payload(
     return serialization.dumps(args, "args"), serialization.dumps(kwargs, "kwargs")
 
 
+def new_id() -> str:
+    """A random (version 4) UUID as text; ~3x cheaper than str(uuid.uuid4()) per bulk row."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def _task_id(value: Any) -> str:
     if value is None:
-        return str(uuid.uuid4())
+        return new_id()
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:

@@ -108,10 +108,12 @@ class AsyncResult:
 
     def __init__(self, id: str, app: App | None = None, *, task_name: str | None = None,
                  parent: AsyncResult | None = None) -> None:
-        from pgq.app import current_app
+        if app is None:
+            from pgq.app import current_app
 
+            app = current_app()
         self.id = str(id)
-        self.app = app or current_app()
+        self.app = app
         self.task_name = task_name
         self._parent = parent
         self._cache: _Row | None = None
