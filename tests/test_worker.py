@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -119,3 +120,37 @@ def test_queue_stats_view(app, db):
     assert rows == [("default", "PENDING", 2), ("q2", "PENDING", 1)]
     age = db.execute("SELECT oldest_age FROM pgq.queue_stats WHERE queue = 'q2'").fetchone()[0]
     assert age.total_seconds() >= 0
+
+
+def test_worker_with_a_long_schema_name_heartbeats(tmp_path, dsn):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psycopg
+
+    schema = "s" * 40 + os.urandom(4).hex()  # 48 characters, under the 50 allowed
+    (tmp_path / "longapp.py").write_text(
+        "import os\nfrom pgq import App\n"
+        f"app = App('long', dsn=os.environ['PGQ_DSN'], schema={schema!r},"
+        " worker_heartbeat_interval=0.2)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    pgq_bin = str(Path(sys.executable).parent / "pgq")
+    subprocess.run([pgq_bin, "migrate", "-A", "longapp"], env=env, check=True,
+                   capture_output=True)
+    worker = subprocess.Popen([pgq_bin, "worker", "-A", "longapp", "-c", "1"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        def beats() -> int:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(f'SELECT count(*) FROM "{schema}".workers '
+                                   "WHERE last_heartbeat > started_at + interval '0.5 s'"
+                                   ).fetchone()
+            return row[0]
+        wait_until(beats, what="a heartbeat after start")
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    assert "heartbeat failed" not in err

@@ -70,7 +70,8 @@ class Worker:
         self.fixed_prefetch = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.hostname = expand_hostname(hostname)
         self.id = str(uuid.uuid4())
-        self.probe_channel = f"{app.schema}_probe_{self.id.replace('-', '')}"
+        # Unique per worker; kept short (NOTIFY channels are at most 63 bytes).
+        self.probe_channel = "pgq_probe_" + self.id.replace("-", "")
         self.pool_name = pool
         self.beat = beat
         self.metrics_port = metrics_port
