@@ -72,34 +72,52 @@ SELECT unique_key, id FROM {schema}.jobs
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STARTED')
 
 -- name: claim
--- Per queue (so each scan walks the jobs_ready index in claim order, never sorting the
--- backlog), then the best `limit` of those. Rows locked but not taken are released at commit.
+-- Priority by priority (9 first), and per queue, each scan walks the jobs_ready index in claim
+-- order from the first due job: scheduled jobs (run_at in the future) of a higher priority are
+-- never stepped over, and the backlog is never sorted. PostgreSQL before 18 cannot skip from
+-- one priority to the next inside one index scan, so one scan over all priorities would read
+-- every future job of the priorities above the due ones, at every claim. The outer LIMIT stops
+-- at the first priorities that fill the batch; rows locked but not taken are released at
+-- commit.
 WITH candidates AS (
     SELECT c.id, c.priority, c.run_at, c.rate_reserved
-    FROM unnest(%(queues)s::text[]) AS q(name),
+    FROM generate_series(9, 0, -1) AS p(priority),
     LATERAL (
-        SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
-        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-        ORDER BY priority DESC, run_at, id
+        SELECT r.id, r.priority, r.run_at, r.rate_reserved
+        FROM unnest(%(queues)s::text[]) AS q(name),
+        LATERAL (
+            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
+            WHERE queue = q.name AND priority = p.priority::int2
+              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+            ORDER BY run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        ORDER BY r.run_at, r.id
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
     ) AS c
+    LIMIT %(limit)s
 ), picked AS (
     SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
+), claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+        worker_id = %(worker)s,
+        attempts = j.attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+        rate_reserved = false
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.task, j.state, j.args, j.kwargs, j.options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id, j.parent_id, j.group_id, j.run_at,
+              picked.rate_reserved AS reserved
 )
-UPDATE {schema}.jobs AS j
-SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
-    worker_id = %(worker)s,
-    attempts = j.attempts + 1,
-    started_at = now(),
-    finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
-    rate_reserved = false
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id::text, j.task, j.state, j.args::text, j.kwargs::text, j.options::text, j.queue,
-          j.priority, j.eta, j.retries, j.attempts, j.root_id::text, j.parent_id::text,
-          j.group_id::text, picked.rate_reserved
+-- In claim order (an UPDATE returns its rows in whatever order its plan visits them).
+SELECT id::text, task, state, args::text, kwargs::text, options::text, queue, priority, eta,
+       retries, attempts, root_id::text, parent_id::text, group_id::text, reserved
+FROM claimed ORDER BY priority DESC, run_at, id
 
 -- name: complete
 -- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
@@ -126,6 +144,91 @@ FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)
 WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
   AND j.worker_id = %(worker)s
 RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+
+-- name: complete_and_claim
+-- The worker's hot path in one statement (one round trip, one commit): write a batch of
+-- outcomes (guarded as in `complete`), NOTIFY get() waiters of the finished ids (in chunks
+-- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
+-- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
+-- updates never touch the same row). One row per claimed job, or one row of NULLs: `written`
+-- and `woken` come first on every row. Used for batches whose jobs start nothing after them
+-- (no link, chain or chord) when no task is rate limited; `complete` and `claim` otherwise.
+WITH done AS (
+    UPDATE {schema}.jobs AS j
+    SET state = o.state,
+        result = o.result,
+        exc_type = o.exc_type,
+        exc_message = o.exc_message,
+        traceback = o.traceback,
+        retries = CASE WHEN o.state = 'RETRY' THEN j.retries + 1 ELSE j.retries END,
+        run_at = CASE WHEN o.state = 'RETRY' THEN now() + make_interval(secs => o.countdown)
+                      ELSE j.run_at END,
+        eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
+                   THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
+        worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
+        last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
+        finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
+        runtime_ms = o.runtime_ms
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
+                %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
+                %(countdowns)s::float8[], %(runtimes)s::float8[])
+         AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown,
+              runtime_ms)
+    WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
+      AND j.worker_id = %(worker)s
+    RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+), done_notified AS (
+    SELECT pg_notify(%(done_channel)s, string_agg(d.id::text, ','))
+    FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM done
+          WHERE state <> 'RETRY') AS d
+    GROUP BY d.chunk
+), retries_notified AS (
+    SELECT pg_notify(%(jobs_channel)s, r.queue)
+    FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
+), candidates AS (
+    SELECT c.id, c.priority, c.run_at, c.rate_reserved
+    FROM generate_series(9, 0, -1) AS p(priority),
+    LATERAL (
+        SELECT r.id, r.priority, r.run_at, r.rate_reserved
+        FROM unnest(%(queues)s::text[]) AS q(name),
+        LATERAL (
+            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
+            WHERE queue = q.name AND priority = p.priority::int2
+              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+            ORDER BY run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        ORDER BY r.run_at, r.id
+        LIMIT %(limit)s
+    ) AS c
+    LIMIT %(limit)s
+), picked AS (
+    SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+        worker_id = %(worker)s,
+        attempts = j.attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+        rate_reserved = false
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.task, j.state, j.args, j.kwargs, j.options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id, j.parent_id, j.group_id, j.run_at,
+              picked.rate_reserved AS reserved
+), summary AS (
+    SELECT (SELECT count(*) FROM done) AS written,
+           (SELECT count(*) FROM retries_notified) AS woken,
+           (SELECT count(*) FROM done_notified) AS notified
+)
+SELECT s.written, s.woken, c.id::text, c.task, c.state, c.args::text, c.kwargs::text,
+       c.options::text, c.queue, c.priority, c.eta, c.retries, c.attempts, c.root_id::text,
+       c.parent_id::text, c.group_id::text, c.reserved
+FROM summary AS s LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id
 
 -- name: rate_slots
 -- GCRA: `tat` is when the task's next slot is free. Reserve `n` consecutive slots, one every

@@ -21,7 +21,7 @@ import psycopg
 from pgq.db.connection import execute, first_line
 from pgq.db.listener import Listener
 from pgq.task import rate_interval
-from pgq.worker.completer import write_outcomes
+from pgq.worker.completer import complete_params, write_outcomes
 from pgq.worker.executor import Job, Outcome
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.metrics import Metrics, PrometheusMetrics
@@ -105,6 +105,7 @@ class Worker:
         self.eta_due = float("inf")  # when the earliest waiting (eta/countdown) job is due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
+        self.one_statement = False  # set in run(): no rate-limited task
 
     # --- wake-ups ---------------------------------------------------------------------------
 
@@ -175,6 +176,9 @@ class Worker:
         conn = self._connection()
         if conn is None:
             return
+        if self.one_statement and all(map(self._ends_alone, self.pending)):
+            self._flush_and_claim_at_once(conn, want)
+            return
         q = self.app.queries
         outcomes = self.pending
         try:
@@ -193,14 +197,57 @@ class Worker:
                         self._learn_next_due(conn)
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
-            # Not the connection: some outcome cannot be stored. Find it, fail it, go on.
-            log.error("cannot write a batch of outcomes (%s); writing them one by one",
-                      first_line(exc))
-            self.pending = [self._storable(conn, o) for o in outcomes]
+            self._unstorable(conn, outcomes, exc)
             return
         except psycopg.Error as exc:
             self._db_failed(exc)
             return
+        self._flushed(outcomes, want, claimed)
+
+    def _ends_alone(self, outcome: Outcome) -> bool:
+        """Nothing follows this outcome in the same transaction (no link, chain or chord)."""
+        job = self.inflight.get(outcome.id)
+        return job is None or job.options == "{}" or outcome.state == "RETRY"
+
+    def _flush_and_claim_at_once(self, conn: psycopg.Connection[Any], want: int) -> None:
+        """The hot path: outcomes, their NOTIFYs and the next claim in one statement (one
+        round trip and one commit instead of five round trips)."""
+        q = self.app.queries
+        outcomes = self.pending
+        try:
+            if self.claim_uncertain:
+                self._release_unknown(conn)
+            if want:
+                self.claim_uncertain = True
+            rows = execute(conn, q.complete_and_claim, {
+                **complete_params(outcomes, self.id), "queues": self.queues, "limit": want,
+                "done_channel": q.done_channel, "jobs_channel": q.jobs_channel})
+            claimed = [Job(*row[2:-1]) for row in rows if row[2] is not None]
+            if want and len(claimed) < want:
+                self._learn_next_due(conn)
+            self.claim_uncertain = False
+        except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
+            self._unstorable(conn, outcomes, exc)
+            return
+        except psycopg.Error as exc:
+            self._db_failed(exc)
+            return
+        written, woken = rows[0][0], rows[0][1]
+        if written < len(outcomes):
+            log.warning("%d outcome(s) discarded: their jobs were revoked or rescued meanwhile",
+                        len(outcomes) - written)
+        if woken:
+            self.notified = True  # a job went back to our queues for an immediate retry
+        self._flushed(outcomes, want, claimed)
+
+    def _unstorable(self, conn: psycopg.Connection[Any], outcomes: list[Outcome],
+                    exc: psycopg.Error) -> None:
+        # Not the connection: some outcome cannot be stored. Find it, fail it, go on.
+        log.error("cannot write a batch of outcomes (%s); writing them one by one",
+                  first_line(exc))
+        self.pending = [self._storable(conn, o) for o in outcomes]
+
+    def _flushed(self, outcomes: list[Outcome], want: int, claimed: list[Job]) -> None:
         self.pending = []
         self.metrics.finished(outcomes, self.inflight)
         for outcome in outcomes:
@@ -338,6 +385,9 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Rate limits are applied between the claim and its commit: only without them can a
+        # batch be completed and the next claimed in one statement.
+        self.one_statement = not any(task.rate_limit for task in self.app.tasks.values())
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         conn = self.app.connect()
@@ -389,7 +439,7 @@ class Worker:
                 if self.held:
                     self._requeue(list(self.held))
                     self.held.clear()
-                if self.pool.busy() == 0 and not self.pending:
+                if self.pool.outstanding() == 0 and not self.pending:
                     return
             ready = wait([*self.pool.waitables(), self.wake_r], self._timeout())
             if self.wake_r in ready:
@@ -399,14 +449,24 @@ class Worker:
             self._note(self.pool.expire())
             while self.to_terminate:
                 self.pool.terminate(self.to_terminate.pop())
+            self.held.extendleft(reversed(self.pool.take_returned()))
             self._return_stale_held()
             want = self._want()
             if want or self._should_flush():
                 self._flush_and_claim(want)
-            while self.held and self.pool.free() > 0:
-                self.pool.submit(self.held.popleft())
-                if self.pool.has_ready():
-                    self._note(self.pool.collect([]))
+            self._submit_held()
+
+    def _submit_held(self) -> None:
+        """Hand held jobs to idle children: short jobs several at a time per child (one
+        message each way per batch instead of per job), spread evenly over the idle ones."""
+        while self.held and (free := self.pool.free()) > 0:
+            size = 1
+            if self.pool.batches and self.runtime_ms < self.BATCH_TARGET_MS:
+                size = min(-(-len(self.held) // free), self.MAX_BATCH,
+                           max(1, int(self.BATCH_TARGET_MS / max(self.runtime_ms, 0.001))))
+            self.pool.submit([self.held.popleft() for _ in range(min(size, len(self.held)))])
+            if self.pool.has_ready():
+                self._note(self.pool.collect([]))
 
     def _note(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -425,19 +485,26 @@ class Worker:
 
     HOLD_TARGET_MS = 50.0
     MAX_HOLD_S = 1.0
+    # A child is given at most about this much work at once (by the moving average of run
+    # times), so a job queued behind a longer one than usual waits little.
+    BATCH_TARGET_MS = 2.0
+    MAX_BATCH = 64
     FLUSH_AFTER_S = 0.02
-    FLUSH_BATCH = 64
+    FLUSH_BATCH = 256
+    MAX_BUFFER_PER_SLOT = 128
+    MAX_BUFFER = 512
 
     def _buffer(self) -> int:
         if self.fixed_prefetch is not None:
             return self.concurrency * (self.fixed_prefetch - 1)
         per_slot = self.HOLD_TARGET_MS / max(self.runtime_ms, 0.05)
-        return min(int(self.concurrency * per_slot), self.concurrency * 32, 256)
+        return min(int(self.concurrency * per_slot), self.concurrency * self.MAX_BUFFER_PER_SLOT,
+                   self.MAX_BUFFER)
 
     def _capacity(self) -> int:
         if self.stopping:
             return 0
-        return self.concurrency + self._buffer() - self.pool.busy() - len(self.held)
+        return self.concurrency + self._buffer() - self.pool.outstanding() - len(self.held)
 
     def _want(self) -> int:
         capacity = self._capacity()
@@ -459,7 +526,7 @@ class Worker:
     def _should_flush(self) -> bool:
         if not self.pending:
             return False
-        idle = self.pool.busy() == 0 and not self.held
+        idle = self.pool.outstanding() == 0 and not self.held
         return (idle or self.stopping or len(self.pending) >= self.FLUSH_BATCH
                 or time.monotonic() - self.pending_since >= self.FLUSH_AFTER_S)
 
