@@ -150,8 +150,8 @@ RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 -- outcomes (guarded as in `complete`), NOTIFY get() waiters of the finished ids (in chunks
 -- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
 -- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
--- updates never touch the same row). One row per claimed job, or one row of NULLs: `written`
--- and `woken` come first on every row. Used for batches whose jobs start nothing after them
+-- updates never touch the same row). One row per claimed job, or one row of NULLs: `written`,
+-- `woken` and `notified` come first on every row. Used for batches whose jobs start nothing after them
 -- (no link, chain or chord) when no task is rate limited; `complete` and `claim` otherwise.
 WITH done AS (
     UPDATE {schema}.jobs AS j
@@ -224,7 +224,8 @@ WITH done AS (
            (SELECT count(*) FROM retries_notified) AS woken,
            (SELECT count(*) FROM done_notified) AS notified
 )
-SELECT s.written, s.woken, c.id::text, c.task, c.state, c.args::text, c.kwargs::text,
+-- Every CTE that NOTIFYs must be read by the final SELECT, or the planner drops it.
+SELECT s.written, s.woken, s.notified, c.id::text, c.task, c.state, c.args::text, c.kwargs::text,
        c.options::text, c.queue, c.priority, c.eta, c.retries, c.attempts, c.root_id::text,
        c.parent_id::text, c.group_id::text, c.reserved
 FROM summary AS s LEFT JOIN claimed AS c ON true

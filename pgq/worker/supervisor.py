@@ -105,7 +105,6 @@ class Worker:
         self.eta_due = float("inf")  # when the earliest waiting (eta/countdown) job is due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
-        self.one_statement = False  # set in run(): no rate-limited task
 
     # --- wake-ups ---------------------------------------------------------------------------
 
@@ -176,7 +175,7 @@ class Worker:
         conn = self._connection()
         if conn is None:
             return
-        if self.one_statement and all(map(self._ends_alone, self.pending)):
+        if all(map(self._ends_alone, self.pending)):
             self._flush_and_claim_at_once(conn, want)
             return
         q = self.app.queries
@@ -222,8 +221,14 @@ class Worker:
             rows = execute(conn, q.complete_and_claim, {
                 **complete_params(outcomes, self.id), "queues": self.queues, "limit": want,
                 "done_channel": q.done_channel, "jobs_channel": q.jobs_channel})
-            claimed = [Job(*row[2:-1]) for row in rows if row[2] is not None]
-            if want and len(claimed) < want:
+            claim_rows = [row[3:] for row in rows if row[3] is not None]
+            claimed = [Job(*row[:-1]) for row in claim_rows]
+            if self._rate_limited(claimed):
+                # In a transaction of their own: claimed jobs were never safer than this
+                # (a worker lost before running them has them rescued either way).
+                with conn.transaction():
+                    claimed = self._apply_rate_limits(conn, claim_rows)
+            if want and len(claim_rows) < want:
                 self._learn_next_due(conn)
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
@@ -239,6 +244,10 @@ class Worker:
         if woken:
             self.notified = True  # a job went back to our queues for an immediate retry
         self._flushed(outcomes, want, claimed)
+
+    def _rate_limited(self, jobs: list[Job]) -> bool:
+        tasks = self.app.tasks
+        return any((task := tasks.get(job.task)) is not None and task.rate_limit for job in jobs)
 
     def _unstorable(self, conn: psycopg.Connection[Any], outcomes: list[Outcome],
                     exc: psycopg.Error) -> None:
@@ -385,9 +394,6 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        # Rate limits are applied between the claim and its commit: only without them can a
-        # batch be completed and the next claimed in one statement.
-        self.one_statement = not any(task.rate_limit for task in self.app.tasks.values())
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         conn = self.app.connect()
