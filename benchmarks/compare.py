@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/compare.py --quick    # smoke: 1 rep, small sizes, ~5 min
     .venv/bin/python benchmarks/compare.py --peers "procrastinate pgqueuer" --reps 1
     .venv/bin/python benchmarks/compare.py --peers "" # pgq alone, through the same harness
+    .venv/bin/python benchmarks/compare.py --peers "" --baseline 9a0d5e1   # before/after
 
 It uses the shared peer harness (default ../shared/bench/peers next to this repository; else
 --harness DIR or $PGQ_PEERS_HARNESS). The harness is copied into ./.pgq/peers (its own
@@ -13,6 +14,10 @@ runs benchmarks/peers/bench_pgq.py (same protocol, pgq's .venv) against the same
 and the servers this command started are stopped at the end. Results: ./.pgq/peers/results/
 (raw JSON per repetition), ./.pgq/peers/RESULTS.md (the harness' tables, pgq included) and
 ./.pgq/peers/COMPARE.md (the table printed at the end).
+
+--baseline REV also runs pgq as of commit REV (exported with `git archive` into
+./.pgq/peers/baseline-REV, first on PYTHONPATH, its own database bench_pgq_base) right before
+the current checkout, so before/after ratios come from one run on one machine state.
 """
 
 from __future__ import annotations
@@ -95,6 +100,22 @@ def ensure_peer_venv() -> Path:
     return python
 
 
+def export_baseline(rev: str) -> Path:
+    """pgq as of `rev` (its pgq/ package only), for PYTHONPATH."""
+    full = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True,
+                          text=True, check=False).stdout.strip()
+    if not full:
+        sys.exit(f"error: --baseline {rev!r} is not a commit of this repository")
+    target = WORK / f"baseline-{full}"
+    if not (target / "REVISION").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", full, "pgq"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        (target / "REVISION").write_text(full + "\n")
+    return target
+
+
 def ensure_redis_server() -> None:
     if shutil.which("redis-server"):
         return
@@ -162,8 +183,8 @@ def run_bench(tag: str, command: list[str], cap_s: int, env: dict[str, str] | No
 # --- the table -------------------------------------------------------------------------------
 
 
-LABELS = {"pgq": "pgq", "celery_redis": "Celery+Redis", "procrastinate": "procrastinate",
-          "pgqueuer": "pgqueuer", "celery_sqla": "Celery+PG"}
+LABELS = {"pgq": "pgq", "pgq_base": "pgq baseline", "celery_redis": "Celery+Redis",
+          "procrastinate": "procrastinate", "pgqueuer": "pgqueuer", "celery_sqla": "Celery+PG"}
 
 
 @dataclass(frozen=True)
@@ -259,7 +280,7 @@ def build_table(reps: dict[str, list[dict[str, Any]]], peers: list[str]) -> list
             theirs = median_of(reps[peer], row.key)
             ratio = advantage(row, mine, theirs)
             cells.append(fmt(theirs, row.unit) + (f" (x{ratio:.2f})" if ratio else ""))
-            if ratio is not None and (best is None or ratio < best):
+            if peer != "pgq_base" and ratio is not None and (best is None or ratio < best):
                 best = ratio
         cells.append(f"x{best:.2f}" if best is not None else "")
         cells.append(aim_cell(row, mine))
@@ -325,6 +346,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="1 rep, N=2,000, C=50, D=5 s, small E and F: a smoke run")
     parser.add_argument("--no-e", action="store_true",
                         help="skip workload E (loading 5M rows takes a few minutes)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run pgq as of this commit, for before/after ratios")
     parser.add_argument("--table-only", action="store_true",
                         help="only print the table of the results already in .pgq/peers")
     return parser.parse_args(argv)
@@ -339,10 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     load = load_average()
     if not args.table_only:
         run_all(args, peers, load)
-    reps = load_results(["pgq", "pgq_e", *peers])
+    reps = load_results(["pgq", "pgq_e", "pgq_base", *peers])
     if "pgq" not in reps:
         sys.exit("error: no pgq results in .pgq/peers/results")
-    table = build_table(reps, peers)
+    table = build_table(reps, ["pgq_base", *peers])
     note = describe_run(reps, args, load())
     print()
     print(plain(table))
@@ -362,10 +385,18 @@ def run_all(args: argparse.Namespace, peers: list[str], load: Callable[[], str])
         ensure_redis_server()
     pgq_env = {"PYTHONPATH": str(WORK)}
     pgq = [sys.executable, str(BENCH_PGQ), *reps, *sizes, "--max-seconds", str(PGQ_CAP_S - 60)]
+    pgq_quick = PGQ_QUICK if args.quick else []
     with Servers(redis="celery_redis" in peers, started=[]):
         load()
-        run_bench("pgq", [*pgq, "--workloads", "A_single,A_batch,B,C,D,F",
-                          *(PGQ_QUICK if args.quick else [])], PGQ_CAP_S, pgq_env)
+        if args.baseline:
+            copy = export_baseline(args.baseline)
+            run_bench("pgq_base", [*pgq, "--workloads", "A_single,A_batch,B,C,D,F",
+                                   "--peer-tag", "pgq_base", *pgq_quick], PGQ_CAP_S,
+                      {"PYTHONPATH": os.pathsep.join([str(copy), str(WORK)]),
+                       "PGQ_BENCH_PYTHONPATH": str(copy), "PGQ_BENCH_DB": "bench_pgq_base"})
+            load()
+        run_bench("pgq", [*pgq, "--workloads", "A_single,A_batch,B,C,D,F", *pgq_quick],
+                  PGQ_CAP_S, pgq_env)
         load()
         for peer in peers:
             assert peer_python is not None
@@ -374,8 +405,8 @@ def run_all(args: argparse.Namespace, peers: list[str], load: Callable[[], str])
             load()
         if not args.no_e:
             run_bench("pgq_e", [*pgq, "--workloads", "E", "--peer-tag", "pgq_e",
-                                "--max-seconds", str(E_CAP_S - 60),
-                                *(PGQ_QUICK if args.quick else [])], E_CAP_S, pgq_env)
+                                "--max-seconds", str(E_CAP_S - 60), *pgq_quick], E_CAP_S,
+                      pgq_env)
             load()
         summarize = [sys.executable, "summarize.py", "pgq", *peers]
         subprocess.run(summarize, cwd=WORK, check=False, stdout=subprocess.DEVNULL)

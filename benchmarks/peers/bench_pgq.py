@@ -32,8 +32,9 @@ from typing import Any
 
 import common
 
-DB = "bench_pgq"
-DB_E = "bench_pgq_e"  # workload E's database: millions of kept rows, loaded once
+# compare.py --baseline runs an older pgq in a database of its own (its schema revisions differ)
+DB = os.environ.get("PGQ_BENCH_DB", "bench_pgq")
+DB_E = DB + "_e"  # workload E's database: millions of kept rows, loaded once
 SCHEMA = "pgq"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -96,10 +97,20 @@ def _extra(ap: Any) -> None:
     ap.add_argument("--f-jobs", type=int, default=1_000, help="F: jobs per case")
 
 
-def _git_revision() -> str:
+def pgq_revision() -> str:
+    """This checkout's commit, or for an exported copy put first on PYTHONPATH (compare.py
+    --baseline), the REVISION file in it."""
+    import pgq
+
+    source = Path(pgq.__file__).resolve().parent.parent
+    if source != REPO:
+        marker = source / "REVISION"
+        return marker.read_text().strip() if marker.exists() else f"imported from {source}"
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                           capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "pgq"], cwd=REPO,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return (done.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty else "")
 
 
 def _pg(dbname: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -134,7 +145,7 @@ class PgqPeer(common.Peer):
     def versions(self) -> dict[str, str]:
         import importlib.metadata as md
 
-        return {"pgq": _git_revision(), "psycopg": md.version("psycopg")}
+        return {"pgq": pgq_revision(), "psycopg": md.version("psycopg")}
 
     def worker_cmd(self, pool: str | None = None, concurrency: int | None = None) -> list[str]:
         cmd = [str(PGQ_BIN), "worker", "-A", "pgq_peer_app", "-l", "WARNING"]
@@ -286,8 +297,10 @@ class PgqPeer(common.Peer):
     # --- workers
     def start_workers(self, log_prefix: Path, *, dbname: str = DB, pool: str | None = None,
                       concurrency: int | None = None) -> None:
+        # a pgq copy first on PYTHONPATH (a baseline) must be what the worker runs too
+        path = [str(HERE), str(common.HERE), os.environ.get("PGQ_BENCH_PYTHONPATH", "")]
         env = {"PGQ_DSN": common.pg_dsn(dbname), "PGQ_BENCH_SCHEMA": SCHEMA,
-               "PYTHONPATH": os.pathsep.join([str(HERE), str(common.HERE)])}
+               "PYTHONPATH": os.pathsep.join(filter(None, path))}
         self.workers.spawn(self.worker_cmd(pool, concurrency),
                            log_prefix.with_suffix(".worker0.log"), env)
 
