@@ -151,7 +151,7 @@ RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 -- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
 -- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
 -- updates never touch the same row). One row per claimed job, or one row of NULLs: `written`,
--- `woken` and `notified` come first on every row. Used for batches whose jobs start nothing after them
+-- `woken`, `notified` and `next_due` come first on every row. Used for batches whose jobs start nothing after them
 -- (no link, chain or chord) when no task is rate limited; `complete` and `claim` otherwise.
 WITH done AS (
     UPDATE {schema}.jobs AS j
@@ -222,10 +222,20 @@ WITH done AS (
 ), summary AS (
     SELECT (SELECT count(*) FROM done) AS written,
            (SELECT count(*) FROM retries_notified) AS woken,
-           (SELECT count(*) FROM done_notified) AS notified
+           (SELECT count(*) FROM done_notified) AS notified,
+           -- as `next_due`, when the claim came back short (then the worker sleeps until then)
+           CASE WHEN %(limit)s > 0 AND (SELECT count(*) FROM claimed) < %(limit)s THEN (
+               SELECT min(f.run_at) - now()
+               FROM unnest(%(queues)s::text[]) AS q(name), generate_series(0, 9) AS p(priority),
+               LATERAL (
+                   SELECT run_at FROM {schema}.jobs
+                   WHERE queue = q.name AND priority = p.priority
+                     AND state IN ('PENDING', 'RETRY') AND run_at > now()
+                   ORDER BY run_at LIMIT 1
+               ) AS f) END AS next_due
 )
 -- Every CTE that NOTIFYs must be read by the final SELECT, or the planner drops it.
-SELECT s.written, s.woken, s.notified, c.id::text, c.task, c.state, c.args::text, c.kwargs::text,
+SELECT s.written, s.woken, s.notified, s.next_due, c.id::text, c.task, c.state, c.args::text, c.kwargs::text,
        c.options::text, c.queue, c.priority, c.eta, c.retries, c.attempts, c.root_id::text,
        c.parent_id::text, c.group_id::text, c.reserved
 FROM summary AS s LEFT JOIN claimed AS c ON true

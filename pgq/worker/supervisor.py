@@ -221,7 +221,7 @@ class Worker:
             rows = execute(conn, q.complete_and_claim, {
                 **complete_params(outcomes, self.id), "queues": self.queues, "limit": want,
                 "done_channel": q.done_channel, "jobs_channel": q.jobs_channel})
-            claim_rows = [row[3:] for row in rows if row[3] is not None]
+            claim_rows = [row[4:] for row in rows if row[4] is not None]
             claimed = [Job(*row[:-1]) for row in claim_rows]
             if self._rate_limited(claimed):
                 # In a transaction of their own: claimed jobs were never safer than this
@@ -229,7 +229,7 @@ class Worker:
                 with conn.transaction():
                     claimed = self._apply_rate_limits(conn, claim_rows)
             if want and len(claim_rows) < want:
-                self._learn_next_due(conn)
+                self._sleep_until_due(rows[0][3])
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
             self._unstorable(conn, outcomes, exc)
@@ -291,6 +291,9 @@ class Worker:
         """Sleep until the earliest waiting job comes due (countdown/eta/retry), not a poll
         interval: a NOTIFY for a newly inserted job wakes us to look again."""
         ((wait,),) = execute(conn, self.app.queries.next_due, {"queues": self.queues})
+        self._sleep_until_due(wait)
+
+    def _sleep_until_due(self, wait: timedelta | None) -> None:
         self.eta_due = float("inf") if wait is None else \
             time.monotonic() + max(0.0, wait.total_seconds())
 
