@@ -109,7 +109,9 @@ WITH candidates AS (
         finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
         rate_reserved = false
     FROM picked
-    WHERE j.id = picked.id
+    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
+    -- it may read the whole table to hash it.
+    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task, j.state, j.args, j.kwargs, j.options, j.queue, j.priority, j.eta,
               j.retries, j.attempts, j.root_id, j.parent_id, j.group_id, j.run_at,
               picked.rate_reserved AS reserved
@@ -141,8 +143,11 @@ FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)
             %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
             %(countdowns)s::float8[], %(runtimes)s::float8[])
      AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown, runtime_ms)
-WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
-  AND j.worker_id = %(worker)s
+-- By primary key: `IS NOT DISTINCT FROM` (equal here: the parameter is never NULL) keeps the
+-- planner off jobs_running, whose entries for this worker include every job it finished since
+-- the last vacuum.
+WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
+  AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
 RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 
 -- name: complete_and_claim
@@ -174,8 +179,8 @@ WITH done AS (
                 %(countdowns)s::float8[], %(runtimes)s::float8[])
          AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown,
               runtime_ms)
-    WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
-      AND j.worker_id = %(worker)s
+    WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
+      AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
     RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 ), done_notified AS (
     SELECT pg_notify(%(done_channel)s, string_agg(d.id::text, ','))
@@ -215,7 +220,9 @@ WITH done AS (
         finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
         rate_reserved = false
     FROM picked
-    WHERE j.id = picked.id
+    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
+    -- it may read the whole table to hash it.
+    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task, j.state, j.args, j.kwargs, j.options, j.queue, j.priority, j.eta,
               j.retries, j.attempts, j.root_id, j.parent_id, j.group_id, j.run_at,
               picked.rate_reserved AS reserved
