@@ -202,6 +202,10 @@ ROWS = (
     Row("A enqueue bulk (chunks of 1,000)", "A_batch_jobs_s", True, "jobs/s", 110_000),
     Row("B drain 10k, from worker start", "B_drain_jobs_s", True, "jobs/s", 12_000),
     Row("B drain, excl. start-up", "B_drain_excl_startup_jobs_s", True, "jobs/s"),
+    Row("B worker CPU per job (supervisor + children)", "B_worker_cpu_us_per_job", False, "us",
+        pgq_only=True),
+    Row("B PostgreSQL CPU per job (its backends)", "B_pg_cpu_us_per_job", False, "us",
+        pgq_only=True),
     Row("C round trip p50", "C_p50_ms", False, "ms", 2.0),
     Row("C round trip p95", "C_p95_ms", False, "ms"),
     Row("C round trip p99", "C_p99_ms", False, "ms", 5.0),
@@ -242,7 +246,7 @@ def fmt(value: float | None, unit: str) -> str:
         return "n/a"
     if unit == "ratio":
         return f"{value:.2f}"
-    if unit == "ms" or value < 100:
+    if unit in ("ms", "us") or value < 100:
         return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
     return f"{value:,.0f}"
 

@@ -122,6 +122,21 @@ def _pg(dbname: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _truncate(dbname: str) -> None:
     ((tables,),) = _pg(dbname, SQL_TABLES, (SCHEMA,))
     common.pg_execute(dbname, f"TRUNCATE {tables}")
@@ -140,6 +155,8 @@ class PgqPeer(common.Peer):
         self._done: Any = None
         self._all: Any = None
         self.set_up = False  # the orchestrator, once set-up is over
+        self.spawned_at = 0.0
+        self.last_cpu: dict[str, float] = {}
 
     # --- lifecycle
     def versions(self) -> dict[str, str]:
@@ -301,8 +318,26 @@ class PgqPeer(common.Peer):
         path = [str(HERE), str(common.HERE), os.environ.get("PGQ_BENCH_PYTHONPATH", "")]
         env = {"PGQ_DSN": common.pg_dsn(dbname), "PGQ_BENCH_SCHEMA": SCHEMA,
                "PYTHONPATH": os.pathsep.join(filter(None, path))}
+        self.spawned_at = time.time()
         self.workers.spawn(self.worker_cmd(pool, concurrency),
                            log_prefix.with_suffix(".worker0.log"), env)
+
+    def stop_workers(self) -> None:
+        if self.workers.procs:
+            self.last_cpu = self.cpu_used()
+        super().stop_workers()
+
+    def cpu_used(self) -> dict[str, float]:
+        """CPU-seconds so far of the worker processes (supervisor and children) and of the
+        PostgreSQL backends they opened (a server on this machine): a figure that machine
+        load disturbs much less than elapsed time."""
+        worker = 0.0
+        for proc in self.workers.procs:
+            worker += _cpu_s(proc.pid) + sum(_cpu_s(child) for child in _children(proc.pid))
+        rows = _pg(DB, "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                       "AND backend_start >= to_timestamp(%s) AND pid <> pg_backend_pid()",
+                  (DB, self.spawned_at))
+        return {"worker": worker, "pg": sum(_cpu_s(pid) for (pid,) in rows)}
 
     # --- pgq's extra figures
     def drain_span(self, dbname: str, task: str) -> dict[str, float]:
@@ -382,6 +417,9 @@ def run_workload(peer: PgqPeer, workload: str, args: Any) -> dict[str, Any]:
         span = peer.drain_span(DB, "noop")
         out.update({"B_sql_span_jobs_s": span["jobs_s"], "B_jobs_per_claim": span["per_claim"],
                     "B_jobs_per_completion": span["per_completion"]})
+        if peer.last_cpu:
+            out.update({"B_worker_cpu_us_per_job": peer.last_cpu["worker"] / args.n * 1e6,
+                        "B_pg_cpu_us_per_job": peer.last_cpu["pg"] / args.n * 1e6})
     elif workload == "D":
         out.update(peer.d_latency())
     return out

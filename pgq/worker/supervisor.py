@@ -7,11 +7,14 @@ import contextlib
 import heapq
 import logging
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,50 @@ def expand_hostname(template: str | None) -> str:
         return host
     name, _, domain = host.partition(".")
     return template.replace("%h", host).replace("%n", name).replace("%d", domain)
+
+
+class SqlThread:
+    """Runs one statement at a time on the worker's connection, so the loop can go on
+    feeding children meanwhile (the connection is only used by one thread at a time: the
+    loop touches it only while nothing is in flight)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        self.requests: queue.SimpleQueue[tuple[Any, str, dict[str, Any]] | None] = \
+            queue.SimpleQueue()
+        self.results: queue.SimpleQueue[list[tuple[Any, ...]] | BaseException] = \
+            queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def submit(self, conn: psycopg.Connection[Any], query: str, params: dict[str, Any]
+               ) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="pgq-sql", daemon=True)
+            self.thread.start()
+        self.requests.put((conn, query, params))
+
+    def result(self, timeout: float | None = None
+               ) -> list[tuple[Any, ...]] | BaseException | None:
+        """The finished statement's rows or error; None if it is still running."""
+        try:
+            return self.results.get(timeout=timeout) if timeout else self.results.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _run(self) -> None:
+        while (request := self.requests.get()) is not None:
+            conn, query, params = request
+            try:
+                result: list[tuple[Any, ...]] | BaseException = execute(conn, query, params)
+            except BaseException as exc:  # handed to the loop, which decides
+                result = exc
+            self.results.put(result)
+            self.wake()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.requests.put(None)
+            self.thread.join(5)
 
 
 class Worker:
@@ -105,6 +152,8 @@ class Worker:
         self.eta_due = float("inf")  # when the earliest waiting (eta/countdown) job is due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
+        self.sql = SqlThread(self._wake)
+        self.writing: tuple[list[Outcome], int] | None = None  # in flight on the SQL thread
 
     # --- wake-ups ---------------------------------------------------------------------------
 
@@ -201,7 +250,14 @@ class Worker:
         except psycopg.Error as exc:
             self._db_failed(exc)
             return
+        self.pending = []
         self._flushed(outcomes, want, claimed)
+
+    def _finish_sql(self, timeout: float = 30.0) -> None:
+        """Wait for the statement in flight (at shutdown)."""
+        if self.writing is not None and (result := self.sql.result(timeout)) is not None:
+            assert self.conn is not None
+            self._written(self.conn, result)
 
     def _ends_alone(self, outcome: Outcome) -> bool:
         """Nothing follows this outcome in the same transaction (no link, chain or chord)."""
@@ -210,17 +266,47 @@ class Worker:
 
     def _flush_and_claim_at_once(self, conn: psycopg.Connection[Any], want: int) -> None:
         """The hot path: outcomes, their NOTIFYs and the next claim in one statement (one
-        round trip and one commit instead of five round trips)."""
+        round trip and one commit instead of five). While children have work, the statement
+        runs on the SQL thread and this loop goes on feeding them; idle, it runs right here
+        (no hand-over on the latency path)."""
         q = self.app.queries
         outcomes = self.pending
         try:
             if self.claim_uncertain:
                 self._release_unknown(conn)
-            if want:
-                self.claim_uncertain = True
-            rows = execute(conn, q.complete_and_claim, {
-                **complete_params(outcomes, self.id), "queues": self.queues, "limit": want,
-                "done_channel": q.done_channel, "jobs_channel": q.jobs_channel})
+        except psycopg.Error as exc:
+            self._db_failed(exc)
+            return
+        if want:
+            self.claim_uncertain = True
+        params = {**complete_params(outcomes, self.id), "queues": self.queues, "limit": want,
+                  "done_channel": q.done_channel, "jobs_channel": q.jobs_channel}
+        self.pending = []
+        self.writing = (outcomes, want)
+        if self.pool.outstanding() or self.held:
+            self.sql.submit(conn, q.complete_and_claim, params)
+            return
+        try:
+            result: list[tuple[Any, ...]] | BaseException = execute(conn, q.complete_and_claim,
+                                                                     params)
+        except psycopg.Error as exc:
+            result = exc
+        self._written(conn, result)
+
+    def _take_sql_result(self) -> None:
+        if self.writing is not None and (result := self.sql.result()) is not None:
+            assert self.conn is not None
+            self._written(self.conn, result)
+
+    def _written(self, conn: psycopg.Connection[Any],
+                 result: list[tuple[Any, ...]] | BaseException) -> None:
+        """Finish a `complete_and_claim`: its rows, or the error it raised."""
+        assert self.writing is not None
+        (outcomes, want), self.writing = self.writing, None
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            rows = result
             claim_rows = [row[4:] for row in rows if row[4] is not None]
             claimed = [Job(*row[:-1]) for row in claim_rows]
             if self._rate_limited(claimed):
@@ -232,9 +318,11 @@ class Worker:
                 self._sleep_until_due(rows[0][3])
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
-            self._unstorable(conn, outcomes, exc)
+            self.pending = outcomes + self.pending
+            self._unstorable(conn, self.pending, exc)
             return
         except psycopg.Error as exc:
+            self.pending = outcomes + self.pending  # written again (guarded) once reconnected
             self._db_failed(exc)
             return
         written, woken = rows[0][0], rows[0][1]
@@ -257,7 +345,6 @@ class Worker:
         self.pending = [self._storable(conn, o) for o in outcomes]
 
     def _flushed(self, outcomes: list[Outcome], want: int, claimed: list[Job]) -> None:
-        self.pending = []
         self.metrics.finished(outcomes, self.inflight)
         for outcome in outcomes:
             self.inflight.pop(outcome.id, None)
@@ -421,11 +508,14 @@ class Worker:
         try:
             self._loop()
         finally:
+            self._finish_sql()
             interrupted = self.pool.stop(cold=True) if self.cold else self.pool.stop(cold=False)
             self._requeue([*interrupted, *self.held])
             self.held.clear()
             if self.pending:
                 self._flush_and_claim(0)
+                self._finish_sql()
+            self.sql.stop()
             if listener is not None:
                 listener.stop()
             heartbeat.stop()
@@ -444,7 +534,7 @@ class Worker:
         while True:
             if self.cold:
                 return
-            if self.stopping:
+            if self.stopping and self.writing is None:
                 if self.held:
                     self._requeue(list(self.held))
                     self.held.clear()
@@ -459,10 +549,12 @@ class Worker:
             while self.to_terminate:
                 self.pool.terminate(self.to_terminate.pop())
             self.held.extendleft(reversed(self.pool.take_returned()))
-            self._return_stale_held()
-            want = self._want()
-            if want or self._should_flush():
-                self._flush_and_claim(want)
+            self._take_sql_result()
+            if self.writing is None:  # the connection is free
+                self._return_stale_held()
+                want = self._want()
+                if want or self._should_flush():
+                    self._flush_and_claim(want)
             self._submit_held()
 
     def _submit_held(self) -> None:
@@ -554,13 +646,15 @@ class Worker:
             return 0.0
         now = time.monotonic()
         timeout = self.poll_interval  # with no room, only a finishing child matters
-        if self._capacity() > 0:
+        if self.writing is not None:
+            pass  # the statement's result wakes the loop; nothing else to claim or flush now
+        elif self._capacity() > 0:
             timeout = max(0.0, self.poll_interval - (now - self.last_claim))
             next_due = min(self.due_times[0] if self.due_times else float("inf"), self.eta_due)
             timeout = max(0.0, min(timeout, next_due - now))
             if self.notified or self.claim_more:
                 timeout = 0.0
-        if self.pending:
+        if self.pending and self.writing is None:
             timeout = min(timeout, max(0.0, self.pending_since + self.FLUSH_AFTER_S - now))
         if self.held:
             timeout = min(timeout, self.MAX_HOLD_S)
