@@ -49,6 +49,35 @@ def _json_env(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str) else value
 
 
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _content_list(value: Any) -> list[str]:
+    """accept_content: a list, or from the environment `json,pickle` or `["json", "pickle"]`."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        value = orjson.loads(value)
+    return _str_list(value)
+
+
+def _serializer_name(value: Any) -> str:
+    from pgq.payload import SERIALIZERS, serializer_names
+
+    if str(value) not in serializer_names():
+        raise ConfigurationError(f"unknown serializer {value!r}: use one of "
+                                 f"{', '.join(SERIALIZERS)}")
+    return str(value)
+
+
+def _compression_name(value: Any) -> str | None:
+    from pgq.payload import compression
+
+    try:
+        return compression(str(value)) if value else None
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 # name -> (default, converter). The converter also parses the PGQ_* environment string.
 SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "task_default_queue": ("default", str),
@@ -57,10 +86,21 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "task_track_started": (True, _bool),
     "task_time_limit": (None, _seconds),
     "task_soft_time_limit": (None, _seconds),
-    "task_serializer": ("json", str),
-    "result_serializer": ("json", str),
-    "accept_content": (["json"], _str_list),
-    "result_accept_content": (None, _json_env),
+    "task_serializer": ("json", _serializer_name),
+    "result_serializer": ("json", _serializer_name),
+    "accept_content": (["json"], _content_list),
+    "result_accept_content": (None, _content_list),
+    "task_compression": (None, _compression_name),
+    "result_compression": (None, _compression_name),
+    # Signed jobs (docs/serialization.md): an Ed25519 private key (PEM text or a file) signs
+    # what this process sends; workers verify with the public keys in security_cert_store.
+    "security_key": (None, _as_is),
+    "security_key_password": (None, _as_is),
+    "security_cert_store": (None, _as_is),
+    # pgq's own: a shared secret (or a list, the first signs) for HMAC-SHA256 signatures,
+    # and whether a worker refuses jobs that are not signed.
+    "security_hmac_key": (None, _as_is),
+    "security_require_signature": (False, _bool),
     "task_routes": (None, _json_env),
     "task_always_eager": (False, _bool),
     "task_eager_propagates": (False, _bool),
