@@ -241,8 +241,7 @@ class App:
 
         if task is None:
             raise NotRegistered(f"task {row.task!r} is not registered in this app")
-        args, kwargs = payload.decode_arguments(self, row.content_type, row.compression,
-                                                row.payload, row.args, row.kwargs, {})
+        args, kwargs = payload.decode_arguments(payload.worker_policy(self), row, {})
         push(Request(id=row.id, task=row.task, args=args, kwargs=kwargs, queue=row.queue,
                      priority=row.priority, root_id=row.root_id or row.id,
                      parent_id=row.parent_id, group_id=row.group_id, called_directly=False,

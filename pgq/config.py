@@ -14,11 +14,14 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from pgq.errors import ConfigurationError
+
+T = TypeVar("T")
+A = TypeVar("A")
 
 
 def _seconds(value: Any) -> float | None:
@@ -173,6 +176,7 @@ class Settings(Mapping[str, Any]):
         object.__setattr__(self, "_explicit", {})
         object.__setattr__(self, "_resolved", {})  # env/default lookups, read once
         object.__setattr__(self, "_warned", set())
+        object.__setattr__(self, "_memo", {})  # values derived from settings, see memo()
         self.update(**explicit)
 
     def update(self, __mapping: Mapping[str, Any] | None = None, **settings: Any) -> None:
@@ -183,6 +187,16 @@ class Settings(Mapping[str, Any]):
             if name in SETTINGS:
                 self._explicit[name] = value if value is None else SETTINGS[name][1](value)
                 self._resolved.pop(name, None)
+        self._memo.clear()
+
+    def memo(self, key: str, build: Callable[[A], T], arg: A) -> T:
+        """A value derived from settings: `build(arg)`, built once and rebuilt after any
+        update (hot paths read it instead of several settings: `conf.name` costs ~1.5 µs)."""
+        try:
+            return self._memo[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._memo[key] = build(arg)
+            return value
 
     def _check_name(self, name: str) -> None:
         if name in SETTINGS:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
-from pgq import payload, security, serialization
+from pgq import payload, serialization
 from pgq import request as request_context
 from pgq.db.connection import dbapi_connection, execute
 from pgq.errors import InvalidOption
@@ -79,7 +79,8 @@ def build_row(
                             f"{type(kwargs).__name__}")
     args = list(args or ())
     kwargs = dict(kwargs or {})
-    encoded = _encode(app, task, options, args, kwargs)
+    policy = payload.producer_policy(app)
+    encoded = _encode(app, policy, task, options, args, kwargs)
     runtime = {key: options[key] for key in RUNTIME_OPTIONS if options.get(key) is not None}
     for callbacks in ("link", "link_error"):  # one signature or a list of them
         if isinstance(runtime.get(callbacks), Mapping):
@@ -107,8 +108,8 @@ def build_row(
         payload=encoded.payload,
         payload_size=encoded.payload_size,
     )
-    keys = security.signer(app)
-    return row if keys is None else row._replace(signature=keys.sign(row))
+    signer = policy.signer
+    return row if signer is None else row._replace(signature=signer.sign(row))
 
 
 def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow]:
@@ -116,7 +117,7 @@ def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow
     id and arguments, so each task's row is built once and copied (the bulk fast path)."""
     templates: dict[str, JobRow] = {}
     rows = []
-    plain_app = _plain_json(app)
+    plain_app = payload.producer_policy(app).plain
     for sig in signatures:
         name, options = sig["task"], sig["options"]
         task = app.tasks.get(name)
@@ -136,21 +137,18 @@ def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow
     return rows
 
 
-def _encode(app: App, task: Task | None, options: Mapping[str, Any], args: list[Any],
-            kwargs: dict[str, Any]) -> payload.Encoded:
+def _encode(app: App, policy: payload.ProducerPolicy, task: Task | None,
+            options: Mapping[str, Any], args: list[Any], kwargs: dict[str, Any]
+            ) -> payload.Encoded:
     """Per call, else per task, else the app's serializer and compression."""
-    serializer = (options.get("serializer") or (task.serializer if task else None)
-                  or app.conf.task_serializer)
-    compression = (options.get("compression") or (task.compression if task else None)
-                   or app.conf.task_compression)
-    return payload.encode_arguments(app, serializer, compression, args, kwargs)
-
-
-def _plain_json(app: App) -> bool:
-    """Do this app's jobs default to plain, unsigned JSON (so rows can share a template)?"""
-    conf = app.conf
-    return (conf.task_serializer == "json" and not conf.task_compression
-            and security.signer(app) is None)
+    serializer = compression = None
+    if options:
+        serializer, compression = options.get("serializer"), options.get("compression")
+    if task is not None:
+        serializer = serializer or task.serializer
+        compression = compression or task.compression
+    return payload.encode_arguments(app, policy, serializer or policy.serializer,
+                                    compression or policy.compression, args, kwargs)
 
 
 def new_id() -> str:
@@ -335,7 +333,19 @@ def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
 
 def _copy_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow]) -> None:
     now = datetime.now(UTC)
+    if any(r.content_type or r.signature for r in rows):
+        _copy_payload_rows(app, conn, rows, now)
+        return
     with conn.cursor().copy(app.queries.enqueue_copy) as copy:
+        for r in rows:
+            copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
+                            r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
+                            r.parent_id, r.group_id))
+
+
+def _copy_payload_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow],
+                       now: datetime) -> None:
+    with conn.cursor().copy(app.queries.enqueue_copy_payload) as copy:
         for r in rows:
             copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
                             r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,

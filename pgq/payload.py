@@ -24,15 +24,30 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
-from pgq import serialization
+from pgq import security, serialization
 from pgq.errors import ConfigurationError, ContentDisallowed, EncodeError, InvalidOption
 
 if TYPE_CHECKING:
     from pgq.app import App
+
+
+class Decodable(Protocol):
+    """The columns that carry a job's arguments (a JobRow, or a claimed Job)."""
+
+    @property
+    def args(self) -> str: ...
+    @property
+    def kwargs(self) -> str: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def compression(self) -> str | None: ...
+    @property
+    def payload(self) -> bytes | None: ...
 
 JSON = "application/json"
 
@@ -198,17 +213,67 @@ class Encoded(NamedTuple):
     payload_size: int | None = None
 
 
-def encode_arguments(app: App, ser_name: str, compression_name: str | None,
-                     args: list[Any], kwargs: dict[str, Any]) -> Encoded:
+class ProducerPolicy(NamedTuple):
+    """What an app's settings say about the jobs it sends (memoised on `app.conf`)."""
+
+    serializer: str
+    compression: str | None
+    json_accepted: bool
+    signer: security.Keys | None
+
+    @property
+    def plain(self) -> bool:
+        """Jobs default to unsigned JSON in jsonb (rows may share a template)."""
+        return self.serializer == "json" and self.compression is None and self.signer is None
+
+
+def producer_policy(app: App) -> ProducerPolicy:
+    return app.conf.memo("payload.producer", _producer_policy, app)
+
+
+def _producer_policy(app: App) -> ProducerPolicy:
+    conf = app.conf
+    ser = conf.task_serializer
+    return ProducerPolicy("json" if ser == JSON else ser, conf.task_compression,
+                          accepts(conf.accept_content, SERIALIZERS["json"]),
+                          security.signer(app))
+
+
+class WorkerPolicy(NamedTuple):
+    """What an app's settings say about the jobs it runs and the results it stores."""
+
+    accept: tuple[str, ...]
+    json_accepted: bool
+    require_signature: bool
+    result_plain: bool  # results are JSON, uncompressed
+
+
+def worker_policy(app: App) -> WorkerPolicy:
+    return app.conf.memo("payload.worker", _worker_policy, app)
+
+
+def _worker_policy(app: App) -> WorkerPolicy:
+    conf = app.conf
+    accept = tuple(conf.accept_content)
+    return WorkerPolicy(accept, accepts(accept, SERIALIZERS["json"]),
+                        bool(conf.security_require_signature),
+                        conf.result_serializer in ("json", JSON)
+                        and not conf.result_compression)
+
+
+def encode_arguments(app: App, policy: ProducerPolicy, ser_name: str,
+                     compression_name: str | None, args: list[Any],
+                     kwargs: dict[str, Any]) -> Encoded:
     """Encode a job's arguments for its row; raise before anything is written."""
-    if (ser_name == "json" or ser_name == JSON) and not compression_name:
-        if "json" not in app.conf.accept_content:
-            _check_accepted(app, SERIALIZERS["json"])
+    if ser_name == "json" and compression_name is None and policy.json_accepted:
         return Encoded(serialization.dumps(args, "args"),
                        serialization.dumps(kwargs, "kwargs") if kwargs else "{}")
     ser = serializer(ser_name)
     comp = compression(compression_name)
     _check_accepted(app, ser)
+    if ser.name == "json" and comp is None:
+        return Encoded(serialization.dumps(args, "args"),
+                       serialization.dumps(kwargs, "kwargs") if kwargs else "{}")
     raw = ser.dumps([args, kwargs])
     return Encoded("[]", "{}", ser.content_type, comp, compress(comp, raw), len(raw))
 
@@ -222,24 +287,23 @@ def _check_accepted(app: App, ser: Serializer) -> None:
             "configuration run these jobs")
 
 
-def decode_arguments(app: App, content_type: str | None, compression_name: str | None,
-                     payload: bytes | None, args: str, kwargs: str,
-                     options: dict[str, Any]) -> tuple[Any, Any]:
+def decode_arguments(policy: WorkerPolicy, job: Decodable, options: dict[str, Any]
+                     ) -> tuple[Any, Any]:
     """A job's (args, kwargs) from its row, if this worker accepts its content type."""
-    accept = app.conf.accept_content
+    content_type = job.content_type
     if content_type is None:
-        if "json" not in accept and not accepts(accept, SERIALIZERS["json"]):
+        if not policy.json_accepted:
             raise _refused(SERIALIZERS["json"], "accept_content")
-        decoded = serialization.loads(args), serialization.loads(kwargs)
+        args, kwargs = serialization.loads(job.args), serialization.loads(job.kwargs)
         if options.get("content_type") == "pickle":  # rows written before revision 0007
-            if "pickle" not in accept:
+            if not accepts(policy.accept, SERIALIZERS["pickle"]):
                 raise _refused(SERIALIZERS["pickle"], "accept_content")
-            return serialization.maybe_unpickle(decoded[0], True)  # type: ignore[no-any-return]
-        return decoded
+            return serialization.maybe_unpickle(args, True)  # type: ignore[no-any-return]
+        return args, kwargs
     ser = _known(content_type)
-    if not accepts(accept, ser):
+    if not accepts(policy.accept, ser):
         raise _refused(ser, "accept_content")
-    body = ser.loads(decompress(compression_name, payload or b""))
+    body = ser.loads(decompress(job.compression, job.payload or b""))
     if not (isinstance(body, list | tuple) and len(body) == 2
             and isinstance(body[0], list | tuple) and isinstance(body[1], dict)):
         raise ContentDisallowed(f"job payload ({ser.name}) is not [args, kwargs]")
@@ -276,12 +340,12 @@ def unique_digest_source(enc: Encoded, args: list[Any], kwargs: dict[str, Any]) 
 _ENVELOPE = "payload"
 
 
-def encode_result(app: App, value: Any) -> str:
+def encode_result(app: App, policy: WorkerPolicy, value: Any) -> str:
     """A task's return value as the JSON text stored in `result`."""
+    if policy.result_plain:
+        return serialization.dumps(value, "result")
     conf = app.conf
     ser_name, comp_name = conf.result_serializer, conf.result_compression
-    if (ser_name == "json" or ser_name == JSON) and not comp_name:
-        return serialization.dumps(value, "result")
     ser = serializer(ser_name, "result_serializer")
     comp = compression(comp_name, "result_compression")
     data = compress(comp, ser.dumps(value))

@@ -321,7 +321,7 @@ def signer(app: App) -> Keys | None:
 def check(app: App, job: Signable) -> None:
     """Raise SecurityError unless `job` may run here: its signature verifies, or it is
     unsigned and this worker does not require signatures."""
-    required = bool(app.conf.security_require_signature)
+    required = bool(app.conf["security_require_signature"])
     if job.signature is None:
         if required:
             raise SecurityError(_about(job, "is not signed and this worker requires signed "
@@ -342,7 +342,7 @@ def trusted(app: App, job: Signable, exc_type: str | None) -> bool:
     end a job before its child checked it)."""
     if exc_type == SECURITY_ERROR:
         return False
-    if job.signature is None and not app.conf.security_require_signature:
+    if job.signature is None and not app.conf["security_require_signature"]:
         return True
     try:
         check(app, job)

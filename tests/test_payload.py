@@ -46,6 +46,7 @@ def conf(app: Any) -> Iterator[Any]:
     app.conf._explicit.clear()
     app.conf._explicit.update(saved)
     app.conf._resolved.clear()
+    app.conf._memo.clear()
 
 
 def job_row(db: psycopg.Connection[Any], job_id: str) -> dict[str, Any]:

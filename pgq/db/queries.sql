@@ -37,6 +37,12 @@ RETURNING id
 -- name: enqueue_copy
 -- Bulk path for new ids without unique keys (nothing can conflict): COPY is the fastest way in.
 COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
+                    root_id, parent_id, group_id)
+FROM STDIN
+
+-- name: enqueue_copy_payload
+-- The same, for rows that carry a payload or a signature (docs/serialization.md).
+COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
                     root_id, parent_id, group_id, content_type, compression, payload,
                     payload_size, signature)
 FROM STDIN

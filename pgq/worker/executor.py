@@ -146,16 +146,17 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
             f"task {job.task!r} is not registered in this worker (check -A and include)"),
             with_traceback=False)
     started = time.perf_counter()
+    policy = payload.worker_policy(app)
     try:
-        security.check(app, job)
+        if job.signature is not None or policy.require_signature:
+            security.check(app, job)
         options = job_options(job)
         limit = max_retries_for(task, options)
         if limit is not None and job.retries > limit:  # its worker was lost once too often
             return failure(job, WorkerLostError(
                 f"the worker running {job.task} was lost {job.retries} time(s); "
                 f"max_retries is {limit}"), with_traceback=False)
-        args, kwargs = payload.decode_arguments(app, job.content_type, job.compression,
-                                                job.payload, job.args, job.kwargs, options)
+        args, kwargs = payload.decode_arguments(policy, job, options)
     except (SecurityError, ContentDisallowed) as exc:  # refused unread: nothing ran
         return failure(job, exc, with_traceback=False)
     except Exception as exc:
@@ -175,7 +176,7 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
         runtime_ms = (time.perf_counter() - started) * 1000
         ignore = options.get("ignore_result",
                              task.ignore_result or app.conf.task_ignore_result)
-        encoded = None if ignore else payload.encode_result(app, value)
+        encoded = None if ignore else payload.encode_result(app, policy, value)
         return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms)
     except Retry as signal_retry:
         runtime_ms = (time.perf_counter() - started) * 1000
