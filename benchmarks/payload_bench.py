@@ -63,11 +63,13 @@ def measure(label: str, settings: dict[str, Any], options: dict[str, Any],
         args, kwargs = payload
         produce = best(repeat, jobs, lambda: build_row(app, "bench.noop", args, kwargs,
                                                        options, noop))
-        job = as_job(build_row(app, "bench.noop", args, kwargs, options, noop))
+        row = build_row(app, "bench.noop", args, kwargs, options, noop)
+        job = as_job(row)
         outcome = execute(app, job, "bench")
         assert outcome.state == "SUCCESS", outcome
         work = best(repeat, jobs, lambda: execute(app, job, "bench"))
-        print(f"| {label:<38} | {produce:>8.1f} | {work:>8.1f} |")
+        size = len(getattr(row, "payload", None) or b"") or len(row.args) + len(row.kwargs)
+        print(f"| {label:<38} | {produce:>9.1f} | {work:>12.1f} | {size:>13,} |")
     finally:
         app.conf._explicit.clear()
         app.conf._explicit.update(saved)
@@ -91,7 +93,7 @@ def bulk(dsn: str | None, rows: int, repeat: int) -> None:
                 rounds.append((time.process_time() - started) / rows * 1e6)
                 conn.rollback()
         bulk_app.close()
-    print(f"| enqueue_many of {rows} plain jobs (client) | {min(rounds):>8.1f} |          |")
+    print(f"| enqueue_many, {rows} plain jobs (client) | {min(rounds):>9.1f} |              |")
 
 
 def main() -> None:
@@ -103,8 +105,8 @@ def main() -> None:
     parser.add_argument("--dsn")
     opts = parser.parse_args()
     r, n = opts.repeat, opts.jobs
-    print("| job (CPU µs per job, best of rounds)     | build row | decode + run |")
-    print("|----------------------------------------|----------|----------|")
+    print("| job (CPU µs per job, best of rounds)   | build row | decode + run | argument bytes |")
+    print("|----------------------------------------|-----------|--------------|---------------|")
     if opts.bulk:
         bulk(opts.dsn, opts.bulk, r)
     measure("json (default), small args", {}, {}, SMALL, r, n)

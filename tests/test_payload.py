@@ -374,3 +374,44 @@ def test_setup_security_is_celerys_entry_point(app, conf, key_pair):
     keys = security.keys(app)
     assert keys is not None and keys.can_sign and keys.can_verify
 
+
+
+def test_encrypted_key_and_x509_certificate_in_the_store(tmp_path):
+    """No worker needed: a PEM key with a password signs; a self-signed X.509 certificate of
+    its public key in the store verifies; a changed row does not."""
+    import datetime as _dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.x509.oid import NameOID
+
+    from pgq.enqueue import build_row
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "signing.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw")))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "producer")])
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + _dt.timedelta(days=1)).sign(key, None))
+    (tmp_path / "producer.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    producer = pgq.App("producer", dsn="postgresql:///unused",
+                       security_key=str(tmp_path / "signing.pem"), security_key_password="pw")
+    worker = pgq.App("worker", dsn="postgresql:///unused",
+                     security_cert_store=str(tmp_path / "*.crt"),
+                     security_require_signature=True)
+    row = build_row(producer, "shop.refund", [10], {"order": "A-1"}, {})
+    verifier = security.keys(worker)
+    assert verifier is not None and not verifier.can_sign
+    verifier.verify(row)
+    with pytest.raises(pgq.SecurityError, match="does not match its signature"):
+        verifier.verify(row._replace(kwargs='{"order": "B-2"}'))
+    with pytest.raises(pgq.SecurityError, match="does not match its signature"):
+        verifier.verify(row._replace(task="shop.payout"))
+    with pytest.raises(pgq.ConfigurationError, match="not a usable PEM private key"):
+        pgq.App("p", dsn="postgresql:///unused", security_key=str(tmp_path / "signing.pem"),
+                security_key_password="wrong").send_task("shop.refund", [1])
