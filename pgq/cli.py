@@ -124,15 +124,21 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Where jobs run (default: worker_pool, prefork).")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1))
-@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB")
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1))
-@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S")
-@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a child process after it ran N jobs.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a child process once its memory (RSS) exceeds KIB.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1),
+              help="Hold at most concurrency x N jobs (default: sized from run times).")
+@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S",
+              help="Hard time limit for tasks that set none: the child is killed.")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S",
+              help="Soft time limit for tasks that set none: SoftTimeLimitExceeded.")
 @click.option("-B", "--beat", is_flag=True, help="Also run the scheduler in this worker.")
 @click.option("-n", "--hostname", help="Name shown in self.request.hostname and worker_status "
               "(%h, %n, %d expand as in Celery).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
@@ -145,12 +151,13 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
            time_limit: float | None, soft_time_limit: float | None, beat: bool,
            hostname: str | None, loglevel: str, log_format: str,
            metrics_port: int | None) -> None:
-    """Run a worker.
+    """Run a worker: claim jobs of its queues and run them in a pool.
+
+    Examples:
 
     \b
-    Examples:
-      pgq worker -A shop.tasks -c 4
-      pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
+        pgq worker -A shop.tasks -c 4
+        pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
     """
     _setup_logging(loglevel, log_format)
     from pgq.worker.supervisor import Worker
@@ -171,17 +178,20 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
 @main.command()
 @app_option
 @dsn_option
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR.")
 @click.pass_obj
 @_errors
 def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> None:
-    """Run the scheduler: enqueue periodic tasks when due. Run as many as you like: each due
-    run is enqueued once.
+    """Run the scheduler: enqueue periodic tasks when due.
+
+    Run as many as you like: each due run is enqueued once.
+
+    Examples:
 
     \b
-    Examples:
-      pgq beat -A shop.tasks
-      pgq worker -A shop.tasks -B      # the same, inside a worker
+        pgq beat -A shop.tasks
+        pgq worker -A shop.tasks -B      # the same, inside a worker
     """
     import signal as signals
 
@@ -257,7 +267,7 @@ def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> N
 @inspect.command("failed")
 @app_option
 @dsn_option
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="Show at most this many.")
 @click.pass_obj
 @_errors
 def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
@@ -280,10 +290,11 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
             sql: bool) -> None:
     """Bring the database schema to the newest version (safe to run twice, or at once).
 
-    \b
     Examples:
-      pgq migrate --dsn postgresql://localhost/shop
-      pgq migrate --sql > pgq.sql
+
+    \b
+        pgq migrate --dsn postgresql://localhost/shop
+        pgq migrate --sql > pgq.sql
     """
     from pgq.migrate import upgrade
 
@@ -331,11 +342,12 @@ def status(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool,
            watch: float | None) -> None:
     """Show queues (jobs per state, oldest waiting, jobs/min) and workers.
 
-    \b
     Examples:
-      pgq status -A shop.tasks
-      pgq status --watch          # refresh every 2 s
-      pgq status --json | jq '.queues'
+
+    \b
+        pgq status -A shop.tasks
+        pgq status --watch          # refresh every 2 s
+        pgq status --json | jq '.queues'
     """
     import time
 
@@ -399,13 +411,15 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
 @_errors
 def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[str, ...],
           failed: bool, queues: str | None) -> None:
-    """Put finished jobs back in their queue under the same id (result cleared, retry count
-    reset).
+    """Put finished jobs back in their queue under the same id.
+
+    The result is cleared and the retry count reset.
+
+    Examples:
 
     \b
-    Examples:
-      pgq retry 6f1c7c3e-…            # one job
-      pgq retry --failed -Q payments  # every failed job of a queue
+        pgq retry 6f1c7c3e-…            # one job
+        pgq retry --failed -Q payments  # every failed job of a queue
     """
     if bool(job_ids) == failed:
         raise PgqError("give job ids or --failed (not both)")
@@ -486,10 +500,11 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
           worker_role: str | None, monitor: str | None, create: bool, sql: bool) -> None:
     """Grant least-privilege access to the pgq schema (run after pgq migrate).
 
-    \b
     Examples:
-      pgq grant --producer web --worker jobs --monitor grafana
-      pgq grant --producer web --sql > grants.sql
+
+    \b
+        pgq grant --producer web --worker jobs --monitor grafana
+        pgq grant --producer web --sql > grants.sql
     """
     from pgq.db.grants import grant_statements
 
