@@ -212,10 +212,11 @@ def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> 
 def inspect() -> None:
     """Look at jobs, schedules and tasks: active, scheduled, registered, failed.
 
-    \b
     Examples:
-      pgq inspect active -A shop.tasks
-      pgq -A shop.tasks inspect failed --limit 50
+
+    \b
+        pgq inspect active -A shop.tasks
+        pgq -A shop.tasks inspect failed --limit 50
     """
 
 
@@ -231,9 +232,10 @@ def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
 def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Jobs running now, with the worker running each.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect active -A shop.tasks
+        pgq inspect active -A shop.tasks
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
@@ -250,9 +252,10 @@ def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
 def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Periodic schedules (last and next run) and jobs waiting for their eta.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect scheduled -A shop.tasks
+        pgq inspect scheduled -A shop.tasks
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
@@ -272,9 +275,10 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
 def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Tasks the app (-A) registers, with their queue and options.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect registered -A shop.tasks:app
+        pgq inspect registered -A shop.tasks:app
     """
     app = obj.app(app_spec, dsn)
     app.import_modules()
@@ -294,9 +298,10 @@ def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> N
 def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
     """The most recent failed jobs.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect failed -A shop.tasks --limit 50
+        pgq inspect failed -A shop.tasks --limit 50
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
@@ -421,10 +426,11 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
            terminate: bool) -> None:
     """Revoke a job: it never runs (with --terminate: stop it if running).
 
-    \b
     Examples:
-      pgq revoke 6f1c7c3e-…              # not started yet: it never runs
-      pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
+
+    \b
+        pgq revoke 6f1c7c3e-…              # not started yet: it never runs
+        pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
     """
     app = obj.app(app_spec, dsn)
     if app.revoke(job_id, terminate=terminate):
@@ -479,10 +485,11 @@ def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[st
 def prune(obj: Context, app_spec: str | None, dsn: str | None, older_than: str | None) -> None:
     """Delete finished jobs whose results have expired (workers also do this on their own).
 
-    \b
     Examples:
-      pgq prune -A shop.tasks                 # older than result_expires
-      pgq prune --older-than 7d --dsn postgresql://localhost/shop
+
+    \b
+        pgq prune -A shop.tasks                 # older than result_expires
+        pgq prune --older-than 7d --dsn postgresql://localhost/shop
     """
     from pgq.worker.heartbeat import prune as prune_jobs
 
@@ -513,10 +520,11 @@ def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | Non
           yes: bool) -> None:
     """Delete every waiting job (of -Q queues). Asks first unless --yes.
 
-    \b
     Examples:
-      pgq purge -A shop.tasks -Q emails
-      pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
+
+    \b
+        pgq purge -A shop.tasks -Q emails
+        pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
     """
     app = obj.app(app_spec, dsn)
     names = [q.strip() for q in queues.split(",")] if queues else None
@@ -571,11 +579,12 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
 def embedded() -> None:
     """The embedded development PostgreSQL in ./.pgq/pgdata.
 
-    \b
     Examples:
-      pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
-      pgq embedded status
-      pgq embedded stop
+
+    \b
+        pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
+        pgq embedded status
+        pgq embedded stop
     """
 
 
@@ -584,9 +593,10 @@ def embedded() -> None:
 def embedded_start() -> None:
     """Start (or reuse) the embedded server and print its DSN.
 
+    Examples:
+
     \b
-    Example:
-      export PGQ_DSN="$(pgq embedded start)"
+        export PGQ_DSN="$(pgq embedded start)"
     """
     from pgq import embedded as emb
 
@@ -598,9 +608,10 @@ def embedded_start() -> None:
 def embedded_stop() -> None:
     """Stop the embedded server.
 
+    Examples:
+
     \b
-    Example:
-      pgq embedded stop
+        pgq embedded stop
     """
     from pgq import embedded as emb
 
@@ -612,9 +623,10 @@ def embedded_stop() -> None:
 def embedded_status() -> None:
     """Print the DSN of the running embedded server, or 'not running'.
 
+    Examples:
+
     \b
-    Example:
-      pgq embedded status
+        pgq embedded status
     """
     from pgq import embedded as emb
 
@@ -630,9 +642,10 @@ def embedded_status() -> None:
 def result(obj: Context, job_id: str, app_spec: str | None, dsn: str | None) -> None:
     """Print a job's state and result.
 
+    Examples:
+
     \b
-    Example:
-      pgq result -A shop.tasks 6f1c7c3e-…
+        pgq result -A shop.tasks 6f1c7c3e-…
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
