@@ -10,5 +10,5 @@ if ! .venv/bin/python -c "import mkdocs, material, mkdocs_click, mkdocstrings_ha
     .venv/bin/pip install --quiet --disable-pip-version-check -e '.[docs]'
 fi
 export NO_MKDOCS_2_WARNING=1   # Material's banner about its successor: not ours to act on
-.venv/bin/mkdocs build --strict --quiet "$@"
+.venv/bin/mkdocs build --strict "$@"
 echo "docs built into site/ ($(find site -name '*.html' | wc -l) pages)"
