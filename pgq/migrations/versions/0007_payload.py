@@ -7,13 +7,13 @@ set on signed jobs (docs/serialization.md). All nullable without defaults: addin
 rewrites nothing.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from pgq.migrations import ddl
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
