@@ -270,12 +270,14 @@ def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[
 
 def _check_payload_options(attrs: dict[str, Any]) -> None:
     """An unknown serializer or compression name fails at registration, not at send."""
+    from pgq.errors import ConfigurationError
     from pgq.payload import compression, serializer_names
 
     name = attrs.get("serializer")
     if name is not None and name not in serializer_names():
-        from pgq.errors import ConfigurationError
-
         raise ConfigurationError(f"unknown serializer {name!r} on task {attrs['name']!r}: "
                                  f"use one of json, msgpack, yaml, pickle")
-    compression(attrs.get("compression"), f"compression on task {attrs['name']!r}")
+    try:
+        compression(attrs.get("compression"))
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc} (on task {attrs['name']!r})") from None

@@ -158,6 +158,9 @@ def test_unknown_names_fail_at_the_call_and_write_nothing(app, conf, db):
         conf.update(task_compression="zip")
     with pytest.raises(pgq.ConfigurationError, match="unknown serializer 'xml' on task"):
         app.task(serializer="xml", name="tests.bad_serializer")(lambda: None)
+    with pytest.raises(pgq.ConfigurationError, match=r"unknown compression 'zip'.*on task"):
+        app.task(compression="zip", name="tests.bad_compression")(lambda: None)
+    assert "tests.bad_serializer" not in app.tasks and "tests.bad_compression" not in app.tasks
     with pytest.raises(pgq.EncodeError, match="cannot encode a set with msgpack"):
         conf.update(accept_content=["json", "msgpack"])
         add.apply_async(({1}, 2), serializer="msgpack")
