@@ -134,7 +134,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--finished", type=int, default=5_000_000)
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--reps", type=int, default=3,
+    parser.add_argument("--reps", type=int, default=4,
                         help="drains of each schema, alternating (median reported)")
     parser.add_argument("--churn-seconds", type=float, default=180,
                         help="enqueue/drain/prune cycles for this long (0: skip)")
