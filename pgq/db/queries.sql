@@ -5,25 +5,32 @@
 
 -- name: enqueue
 INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
-                           expires_at, unique_key, root_id, parent_id, group_id)
+                           expires_at, unique_key, root_id, parent_id, group_id,
+                           content_type, compression, payload, payload_size, signature)
 SELECT id, task, queue, priority, args, kwargs, options, coalesce(run_at, now()), run_at,
-       expires_at, unique_key, coalesce(root_id, id), parent_id, group_id
+       expires_at, unique_key, coalesce(root_id, id), parent_id, group_id,
+       content_type, compression, payload, payload_size, signature
 FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int2[],
             %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
             %(run_ats)s::timestamptz[], %(expires)s::timestamptz[], %(unique_keys)s::text[],
-            %(root_ids)s::uuid[], %(parent_ids)s::uuid[], %(group_ids)s::uuid[])
+            %(root_ids)s::uuid[], %(parent_ids)s::uuid[], %(group_ids)s::uuid[],
+            %(content_types)s::text[], %(compressions)s::text[], %(payloads)s::bytea[],
+            %(payload_sizes)s::int[], %(signatures)s::text[])
      AS t(id, task, queue, priority, args, kwargs, options, run_at, expires_at, unique_key,
-          root_id, parent_id, group_id)
+          root_id, parent_id, group_id, content_type, compression, payload, payload_size,
+          signature)
 ON CONFLICT DO NOTHING
 RETURNING id
 
 -- name: enqueue_one
 INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
-                           expires_at, unique_key, root_id, parent_id, group_id)
+                           expires_at, unique_key, root_id, parent_id, group_id,
+                           content_type, compression, payload, payload_size, signature)
 VALUES (%(id)s::uuid, %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb,
         %(options)s::jsonb, coalesce(%(run_at)s::timestamptz, now()), %(run_at)s::timestamptz,
         %(expires_at)s::timestamptz, %(unique_key)s, coalesce(%(root_id)s::uuid, %(id)s::uuid),
-        %(parent_id)s::uuid, %(group_id)s::uuid)
+        %(parent_id)s::uuid, %(group_id)s::uuid, %(content_type)s::text,
+        %(compression)s::text, %(payload)s::bytea, %(payload_size)s::int, %(signature)s::text)
 ON CONFLICT DO NOTHING
 RETURNING id
 
@@ -31,6 +38,13 @@ RETURNING id
 -- Bulk path for new ids without unique keys (nothing can conflict): COPY is the fastest way in.
 COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
                     root_id, parent_id, group_id)
+FROM STDIN
+
+-- name: enqueue_copy_payload
+-- The same, for rows that carry a payload or a signature (docs/serialization.md).
+COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
+                    root_id, parent_id, group_id, content_type, compression, payload,
+                    payload_size, signature)
 FROM STDIN
 
 -- name: insert_chords
@@ -112,13 +126,17 @@ WITH candidates AS (
     -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
     -- it may read the whole table to hash it.
     WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.id, j.task, j.state, j.args, j.kwargs, j.options, j.queue, j.priority, j.eta,
-              j.retries, j.attempts, j.root_id, j.parent_id, j.group_id, j.run_at,
-              picked.rate_reserved AS reserved
+    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
+              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id::text AS root_id,
+              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
+              j.content_type, j.compression, j.payload, j.signature,
+              picked.rate_reserved, j.run_at
 )
--- In claim order (an UPDATE returns its rows in whatever order its plan visits them).
-SELECT id::text, task, state, args::text, kwargs::text, options::text, queue, priority, eta,
-       retries, attempts, root_id::text, parent_id::text, group_id::text, reserved
+-- UPDATE ... RETURNING has no order of its own: hand jobs out in claim order.
+SELECT id, task, state, args, kwargs, options, queue, priority, eta, retries, attempts,
+       root_id, parent_id, group_id, content_type, compression, payload, signature,
+       rate_reserved
 FROM claimed ORDER BY priority DESC, run_at, id
 
 -- name: complete
@@ -155,9 +173,9 @@ RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 -- outcomes (guarded as in `complete`), NOTIFY get() waiters of the finished ids (in chunks
 -- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
 -- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
--- updates never touch the same row). One row per claimed job, or one row of NULLs: `written`,
--- `woken`, `notified` and `next_due` come first on every row. Used for batches whose jobs start nothing after them
--- (no link, chain or chord) when no task is rate limited; `complete` and `claim` otherwise.
+-- updates never touch the same row). One row per claimed job, or one row of NULLs; `written`,
+-- `woken`, `notified` and `next_due` come first on every row. Used for batches whose jobs
+-- start nothing after them (no link, chain or chord); `complete` and `claim` otherwise.
 WITH done AS (
     UPDATE {schema}.jobs AS j
     SET state = o.state,
@@ -223,9 +241,12 @@ WITH done AS (
     -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
     -- it may read the whole table to hash it.
     WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.id, j.task, j.state, j.args, j.kwargs, j.options, j.queue, j.priority, j.eta,
-              j.retries, j.attempts, j.root_id, j.parent_id, j.group_id, j.run_at,
-              picked.rate_reserved AS reserved
+    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
+              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id::text AS root_id,
+              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
+              j.content_type, j.compression, j.payload, j.signature,
+              picked.rate_reserved, j.run_at
 ), summary AS (
     SELECT (SELECT count(*) FROM done) AS written,
            (SELECT count(*) FROM retries_notified) AS woken,
@@ -242,9 +263,10 @@ WITH done AS (
                ) AS f) END AS next_due
 )
 -- Every CTE that NOTIFYs must be read by the final SELECT, or the planner drops it.
-SELECT s.written, s.woken, s.notified, s.next_due, c.id::text, c.task, c.state, c.args::text, c.kwargs::text,
-       c.options::text, c.queue, c.priority, c.eta, c.retries, c.attempts, c.root_id::text,
-       c.parent_id::text, c.group_id::text, c.reserved
+SELECT s.written, s.woken, s.notified, s.next_due,
+       c.id, c.task, c.state, c.args, c.kwargs, c.options, c.queue, c.priority, c.eta,
+       c.retries, c.attempts, c.root_id, c.parent_id, c.group_id, c.content_type,
+       c.compression, c.payload, c.signature, c.rate_reserved
 FROM summary AS s LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id
 
@@ -437,18 +459,25 @@ SELECT id, task, queue, worker_id, started_at, args, kwargs
 FROM {schema}.jobs WHERE state = 'STARTED' ORDER BY started_at
 
 -- name: inspect_active
-SELECT j.id::text, j.task, j.queue, w.hostname, w.pid, now() - j.started_at
+-- Each inspect listing ends with the job's payload columns (from the job_payloads view).
+SELECT j.id::text, j.task, j.queue, w.hostname, w.pid, now() - j.started_at,
+       p.content_type, p.compression, p.signature_scheme, p.stored_bytes, p.raw_bytes
 FROM {schema}.jobs j LEFT JOIN {schema}.workers w ON w.id = j.worker_id
+JOIN {schema}.job_payloads p ON p.id = j.id
 WHERE j.state = 'STARTED' ORDER BY j.started_at
 
 -- name: inspect_eta
-SELECT id::text, task, queue, run_at FROM {schema}.jobs
-WHERE state IN ('PENDING', 'RETRY') AND run_at > now() ORDER BY run_at LIMIT 100
+SELECT j.id::text, j.task, j.queue, j.run_at,
+       p.content_type, p.compression, p.signature_scheme, p.stored_bytes, p.raw_bytes
+FROM {schema}.jobs j JOIN {schema}.job_payloads p ON p.id = j.id
+WHERE j.state IN ('PENDING', 'RETRY') AND j.run_at > now() ORDER BY j.run_at LIMIT 100
 
 -- name: inspect_failed
-SELECT id::text, task, queue, finished_at, retries,
-       left(coalesce(exc_type, '') || ': ' || coalesce(exc_message, ''), 80)
-FROM {schema}.jobs WHERE state = 'FAILURE' ORDER BY finished_at DESC LIMIT %(limit)s
+SELECT j.id::text, j.task, j.queue, j.finished_at, j.retries,
+       left(coalesce(j.exc_type, '') || ': ' || coalesce(j.exc_message, ''), 80),
+       p.content_type, p.compression, p.signature_scheme, p.stored_bytes, p.raw_bytes
+FROM {schema}.jobs j JOIN {schema}.job_payloads p ON p.id = j.id
+WHERE j.state = 'FAILURE' ORDER BY j.finished_at DESC LIMIT %(limit)s
 
 -- name: queue_depth
 SELECT q.name, (SELECT count(*) FROM {schema}.jobs
