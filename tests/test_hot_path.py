@@ -8,7 +8,8 @@ from collections import Counter
 
 import psycopg
 import pytest
-from apps.basic import add, exit_hard, record_run, too_slow
+from apps.basic import add, exit_hard, fail_value, record_run, too_slow
+from conftest import wait_until
 
 import pgq
 
@@ -81,3 +82,20 @@ def test_recycled_children_start_no_job_twice(app, start_worker, db, tmp_path):
     assert_each_ran_once_unharmed(db, log, ids)
     children = {line.split()[2] for line in log.read_text().splitlines()}
     assert len(children) >= JOBS // 7
+
+
+def test_finished_counters_stay_exact_through_the_one_statement_path(app, start_worker, db):
+    """complete_and_claim updates jobs twice in one statement (completions and the next
+    claim): the statement-level triggers behind queue_stats must count each change once."""
+    results = app.enqueue_many([add.s(i, i) for i in range(300)] +
+                               [fail_value.s("x") for _ in range(40)])
+    start_worker("-c", "2")
+    ids = [r.id for r in results]
+    wait_until(lambda: db.execute("SELECT count(*) FROM pgq.jobs WHERE id = ANY(%s::uuid[]) "
+                                  "AND finished_at IS NOT NULL", (ids,)).fetchone()[0] == 340,
+               timeout=60, what="every job to finish")
+    counted = db.execute("SELECT queue, state, jobs FROM pgq.queue_stats "
+                         "ORDER BY queue, state").fetchall()
+    assert ("default", "SUCCESS", 300) in counted and ("default", "FAILURE", 40) in counted
+    assert counted == db.execute("SELECT queue, state, count(*) FROM pgq.jobs "
+                                 "GROUP BY queue, state ORDER BY queue, state").fetchall()
