@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/compare.py --peers "procrastinate pgqueuer" --reps 1
     .venv/bin/python benchmarks/compare.py --peers "" # pgq alone, through the same harness
     .venv/bin/python benchmarks/compare.py --peers "" --baseline 9a0d5e1   # before/after
+    .venv/bin/python benchmarks/compare.py --smoke    # CI: pgq only, tiny sizes, ~20 s
 
 It uses the shared peer harness (default ../shared/bench/peers next to this repository; else
 --harness DIR or $PGQ_PEERS_HARNESS). The harness is copied into ./.pgq/peers (its own
@@ -43,6 +44,7 @@ DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "peers"
 PEERS = ("celery_redis", "procrastinate", "pgqueuer", "celery_sqla")
 HARNESS_FILES = ("*.py", "*.sh", "*.txt", "*.md")
 QUICK = ["--n", "2000", "--c-iters", "50", "--d-seconds", "5"]
+SMOKE = ["--n", "300", "--batch", "100", "--c-iters", "10", "--c-warmup", "2"]
 PGQ_QUICK = ["--f-jobs", "200", "--e-finished", "200000", "--e-future", "10000"]
 PEER_CAP_S = 600  # the harness' own cap per peer (run_all.sh)
 PGQ_CAP_S = 1200  # A-D and F; E has its own (loading millions of rows)
@@ -348,6 +350,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
                         help="1 rep, N=2,000, C=50, D=5 s, small E and F: a smoke run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="pgq alone, A-C with 300 jobs and 10 round trips: only checks that "
+                             "the benchmark still runs (CI)")
     parser.add_argument("--no-e", action="store_true",
                         help="skip workload E (loading 5M rows takes a few minutes)")
     parser.add_argument("--baseline", metavar="REV",
@@ -357,8 +362,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # so the running peer and the servers are stopped
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     args = parse_args(argv)
+    if args.smoke:
+        args.peers, args.quick, args.no_e, args.baseline = "", True, True, None
     peers = args.peers.split()
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
@@ -377,13 +389,19 @@ def main(argv: list[str] | None = None) -> int:
     print(note)
     (WORK / "COMPARE.md").write_text(markdown(table) + "\n\n" + note + "\n")
     print(f"wrote {WORK / 'COMPARE.md'} and {WORK / 'RESULTS.md'}")
-    return 0
+    errors = [e for rep in reps["pgq"] for e in rep.get("errors", [])]
+    for error in errors:
+        print(f"pgq error: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def run_all(args: argparse.Namespace, peers: list[str], load: Callable[[], str]) -> None:
     copy_harness(find_harness(args.harness))
     reps = ["--reps", "1" if args.quick else str(args.reps)]
     sizes = QUICK if args.quick else []
+    workloads = "A_single,A_batch,B,C,D,F"
+    if args.smoke:
+        sizes, workloads = SMOKE, "A_single,A_batch,B,C"
     peer_python = ensure_peer_venv() if peers else None
     if "celery_redis" in peers:
         ensure_redis_server()
@@ -394,12 +412,12 @@ def run_all(args: argparse.Namespace, peers: list[str], load: Callable[[], str])
         load()
         if args.baseline:
             copy = export_baseline(args.baseline)
-            run_bench("pgq_base", [*pgq, "--workloads", "A_single,A_batch,B,C,D,F",
+            run_bench("pgq_base", [*pgq, "--workloads", workloads,
                                    "--peer-tag", "pgq_base", *pgq_quick], PGQ_CAP_S,
                       {"PYTHONPATH": os.pathsep.join([str(copy), str(WORK)]),
                        "PGQ_BENCH_PYTHONPATH": str(copy), "PGQ_BENCH_DB": "bench_pgq_base"})
             load()
-        run_bench("pgq", [*pgq, "--workloads", "A_single,A_batch,B,C,D,F", *pgq_quick],
+        run_bench("pgq", [*pgq, "--workloads", workloads, *pgq_quick],
                   PGQ_CAP_S, pgq_env)
         load()
         for peer in peers:
