@@ -209,6 +209,13 @@ LATERAL (
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
 
+-- name: publish_events
+-- Events are best-effort: this one statement (its own transaction) commits without waiting
+-- for its WAL flush, so publishing never waits on the disk.
+SELECT count(pg_notify(%(channel)s, payload))
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit,
+     unnest(%(payloads)s::text[]) AS payload
+
 -- name: update_state
 UPDATE {schema}.jobs SET progress_state = %(state)s, meta = %(meta)s::jsonb
 WHERE id = %(id)s AND state = 'STARTED'

@@ -1,0 +1,232 @@
+"""Publish the worker's events (pgq/events.py has the format and the reader).
+
+The supervisor only appends to an in-memory buffer (a deque append per event); a thread turns
+the buffer into compact JSON batches every FLUSH_INTERVAL and sends them all with one
+`pg_notify` statement on its own connection, which commits without waiting for the disk.
+Events are best-effort: a batch that cannot be sent is dropped (and logged once), the buffer
+keeps at most the newest MAX_BUFFERED; nothing here can slow, fail or block job processing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+
+from pgq.db.connection import execute, first_line
+from pgq.events import WIRE_VERSION
+from pgq.worker.executor import Job, Outcome
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+log = logging.getLogger("pgq.worker")
+
+PAYLOAD_MAX = 7800  # PostgreSQL's NOTIFY limit is 8000 bytes
+TEXT_MAX = 256  # args, kwargs, result and messages are cut to this many characters
+TRACEBACK_MAX = 2000  # the end of a traceback is kept
+_OUTCOME_EVENT = {"SUCCESS": "task-succeeded", "FAILURE": "task-failed",
+                  "RETRY": "task-retried"}
+
+
+def _cut(text: str | None, limit: int = TEXT_MAX) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit - 1] + "…"
+
+
+def _tail(text: str | None) -> str | None:
+    if text is None or len(text) <= TRACEBACK_MAX:
+        return text
+    return "…" + text[-(TRACEBACK_MAX - 1):]
+
+
+class EventPublisher:
+    FLUSH_INTERVAL = 0.1
+    MAX_BUFFERED = 50_000
+
+    def __init__(self, app: App, worker_id: str, hostname: str, queues: list[str], *,
+                 task_events: bool, heartbeats: bool, active: Callable[[], int]) -> None:
+        self.app = app
+        self.task_events = task_events
+        self.heartbeats = heartbeats
+        self.queues = queues
+        self.active = active
+        self.freq = float(app.conf.worker_heartbeat_interval)
+        self.processed = 0
+        self._buffer: deque[tuple[Any, ...]] = deque(maxlen=self.MAX_BUFFERED)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgq-events", daemon=True)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._retry_at = 0.0
+        self._failing = False
+        utcoffset = -(time.altzone if time.daylight and time.localtime().tm_isdst
+                      else time.timezone) // 3600
+        self._header = orjson.dumps({"v": WIRE_VERSION, "hostname": hostname,
+                                     "pid": os.getpid(), "worker": worker_id,
+                                     "utcoffset": utcoffset})[:-1] + b',"events":['
+
+    @property
+    def enabled(self) -> bool:
+        return self.task_events or self.heartbeats
+
+    # --- called by the supervisor (cheap: one append per event) ----------------------------
+
+    def received(self, jobs: Iterable[Job]) -> None:
+        if self.task_events:
+            now = time.time()
+            self._buffer.extend(("task-received", now, job) for job in jobs)
+
+    def started(self, job: Job) -> None:
+        if self.task_events:
+            self._buffer.append(("task-started", time.time(), job))
+
+    def finished(self, outcomes: Iterable[Outcome], written: set[str],
+                 jobs: Mapping[str, Job]) -> None:
+        if self.task_events:
+            now = time.time()
+            self._buffer.extend(("finished", now, o, jobs.get(o.id)) for o in outcomes
+                                if o.id in written)
+
+    def revoked(self, job: Job, *, terminated: bool = False, signum: int | None = None,
+                expired: bool = False) -> None:
+        if self.task_events:
+            self._buffer.append(("task-revoked", time.time(), job, terminated, signum, expired))
+
+    # --- life -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._worker_event("worker-online")
+        self._thread.start()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._worker_event("worker-offline")
+        self._stop.set()
+        self._thread.join(5)
+
+    def _worker_event(self, kind: str) -> None:
+        if self.heartbeats:
+            self._buffer.append((kind, time.time()))
+
+    # --- the publishing thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.freq
+        while not self._stop.wait(self.FLUSH_INTERVAL):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.freq
+                self._worker_event("worker-heartbeat")
+            self._flush_safely()
+        self._retry_at = 0.0
+        self._flush_safely()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    def _flush_safely(self) -> None:
+        try:
+            self._flush()
+        except Exception:
+            log.exception("events: cannot encode a batch; dropped")
+
+    def _flush(self) -> None:
+        if not self._buffer or time.monotonic() < self._retry_at:
+            return
+        events = []
+        while self._buffer:
+            events.append(self._wire(self._buffer.popleft()))
+        payloads = self._payloads(events)
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self.app.connect()
+            q = self.app.queries
+            execute(self._conn, q.publish_events, {"channel": q.events_channel,
+                                                   "payloads": payloads})
+            if self._failing:
+                log.info("publishing events again")
+                self._failing = False
+        except Exception as exc:  # best-effort: never let events disturb the worker
+            if not self._failing:
+                log.warning("cannot publish events (%s); %d dropped, retrying",
+                            first_line(exc), len(events))
+            self._failing = True
+            self._retry_at = time.monotonic() + 2.0
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+    def _payloads(self, events: list[bytes]) -> list[str]:
+        """Batches of encoded events, each one NOTIFY payload under PAYLOAD_MAX bytes."""
+        payloads: list[str] = []
+        room = PAYLOAD_MAX - len(self._header) - 2
+        chunk: list[bytes] = []
+        size = 0
+        for event in events:
+            if len(event) + 1 > room:
+                continue  # cannot happen with the cuts above, unless names are huge
+            if size + len(event) + 1 > room:
+                payloads.append((self._header + b",".join(chunk) + b"]}").decode())
+                chunk, size = [], 0
+            chunk.append(event)
+            size += len(event) + 1
+        if chunk:
+            payloads.append((self._header + b",".join(chunk) + b"]}").decode())
+        return payloads
+
+    def _wire(self, item: tuple[Any, ...]) -> bytes:
+        kind, timestamp = item[0], item[1]
+        if kind == "finished":
+            return orjson.dumps(self._outcome(timestamp, item[2], item[3]))
+        if kind.startswith("worker-"):
+            return orjson.dumps([kind, timestamp, self.freq, self._active(), self.processed,
+                                 _loadavg(), self.queues, "pgq", _version(), platform.system()])
+        job: Job = item[2]
+        task = [kind, timestamp, job.id, job.task, job.queue]
+        if kind == "task-received":
+            root = job.root_id if job.root_id != job.id else None
+            task += [_cut(job.args), _cut(job.kwargs), job.retries,
+                     job.eta.isoformat() if job.eta else None, root, job.parent_id]
+        elif kind == "task-revoked":
+            task += list(item[3:])
+        return orjson.dumps(task)
+
+    def _outcome(self, timestamp: float, outcome: Outcome, job: Job | None) -> list[Any]:
+        self.processed += 1
+        kind = _OUTCOME_EVENT.get(outcome.state, "task-failed")
+        head = [kind, timestamp, outcome.id, job.task if job else None,
+                job.queue if job else None]
+        if kind == "task-succeeded":
+            return [*head, _cut(outcome.result), round(outcome.runtime_ms / 1000, 6)]
+        return [*head, outcome.exc_type, _cut(outcome.exc_message), _tail(outcome.traceback)]
+
+    def _active(self) -> int | None:
+        try:
+            return self.active()
+        except Exception:  # read from another thread while the pool changes
+            return None
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _version() -> str:
+    import pgq
+
+    return pgq.__version__
