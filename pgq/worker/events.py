@@ -37,10 +37,13 @@ _OUTCOME_EVENT = {"SUCCESS": "task-succeeded", "FAILURE": "task-failed",
                   "RETRY": "task-retried"}
 
 
-def _cut(text: str | None, limit: int = TEXT_MAX) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit - 1] + "…"
+def _cut(value: Any, limit: int = TEXT_MAX) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else (
+        bytes(value).decode(errors="replace") if isinstance(value, bytes | memoryview)
+        else str(value))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _tail(text: str | None) -> str | None:
