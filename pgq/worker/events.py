@@ -1,8 +1,9 @@
 """Publish the worker's events (pgq/events.py has the format and the reader).
 
-The supervisor only appends to an in-memory buffer (a deque append per event); a thread turns
-the buffer into compact JSON batches every FLUSH_INTERVAL and sends them all with one
-`pg_notify` statement on its own connection, which commits without waiting for the disk.
+The supervisor only appends to an in-memory buffer (one deque append per claimed or finished
+batch, and per job started); a thread turns the buffer into compact JSON batches every
+FLUSH_INTERVAL and sends them all with one `pg_notify` statement on its own connection,
+which commits without waiting for the disk.
 Events are best-effort: a batch that cannot be sent is dropped (and logged once), the buffer
 keeps at most the newest MAX_BUFFERED; nothing here can slow, fail or block job processing."""
 
@@ -76,17 +77,17 @@ class EventPublisher:
         self._header = orjson.dumps({"v": WIRE_VERSION, "hostname": hostname,
                                      "pid": os.getpid(), "worker": worker_id,
                                      "utcoffset": utcoffset})[:-1] + b',"events":['
+        # each payload: self._header + the encoded events without their "[" + "}"
 
     @property
     def enabled(self) -> bool:
         return self.task_events or self.heartbeats
 
-    # --- called by the supervisor (cheap: one append per event) ----------------------------
+    # --- called by the supervisor (cheap: one append per batch, or per job started) -------
 
-    def received(self, jobs: Iterable[Job]) -> None:
-        if self.task_events:
-            now = time.time()
-            self._buffer.extend(("task-received", now, job) for job in jobs)
+    def received(self, jobs: list[Job]) -> None:
+        if self.task_events and jobs:
+            self._buffer.append(("received", time.time(), jobs))
 
     def started(self, job: Job) -> None:
         if self.task_events:
@@ -95,9 +96,9 @@ class EventPublisher:
     def finished(self, outcomes: Iterable[Outcome], written: set[str],
                  jobs: Mapping[str, Job]) -> None:
         if self.task_events:
-            now = time.time()
-            self._buffer.extend(("finished", now, o, jobs.get(o.id)) for o in outcomes
-                                if o.id in written)
+            done = [(o, jobs.get(o.id)) for o in outcomes if o.id in written]
+            if done:
+                self._buffer.append(("finished", time.time(), done))
 
     def revoked(self, job: Job, *, terminated: bool = False, signum: int | None = None,
                 expired: bool = False) -> None:
@@ -147,9 +148,9 @@ class EventPublisher:
     def _flush(self) -> None:
         if not self._buffer or time.monotonic() < self._retry_at:
             return
-        events = []
+        events: list[tuple[int, list[Any]]] = []
         while self._buffer:
-            events.append(self._wire(self._buffer.popleft()))
+            events.extend(self._wire(self._buffer.popleft()))
         payloads = self._payloads(events)
         try:
             if self._conn is None or self._conn.closed:
@@ -171,49 +172,73 @@ class EventPublisher:
                     self._conn.close()
                 self._conn = None
 
-    def _payloads(self, events: list[bytes]) -> list[str]:
-        """Batches of encoded events, each one NOTIFY payload under PAYLOAD_MAX bytes."""
-        payloads: list[str] = []
+    def _payloads(self, events: list[tuple[int, list[Any]]]) -> list[str]:
+        """NOTIFY payloads under PAYLOAD_MAX bytes, each encoded with one orjson call: events
+        are grouped by their estimated size, and a group that still comes out too big (JSON
+        escapes, multi-byte characters) is split in two."""
         room = PAYLOAD_MAX - len(self._header) - 2
-        chunk: list[bytes] = []
+        payloads: list[str] = []
+        chunk: list[list[Any]] = []
         size = 0
-        for event in events:
-            if len(event) + 1 > room:
-                continue  # cannot happen with the cuts above, unless names are huge
-            if size + len(event) + 1 > room:
-                payloads.append((self._header + b",".join(chunk) + b"]}").decode())
+        for estimate, event in events:
+            if size + estimate > room and chunk:
+                self._encode(chunk, room, payloads)
                 chunk, size = [], 0
             chunk.append(event)
-            size += len(event) + 1
+            size += estimate
         if chunk:
-            payloads.append((self._header + b",".join(chunk) + b"]}").decode())
+            self._encode(chunk, room, payloads)
         return payloads
 
-    def _wire(self, item: tuple[Any, ...]) -> bytes:
-        kind, timestamp = item[0], item[1]
-        if kind == "finished":
-            return orjson.dumps(self._outcome(timestamp, item[2], item[3]))
-        if kind.startswith("worker-"):
-            return orjson.dumps([kind, timestamp, self.freq, self._active(), self.processed,
-                                 _loadavg(), self.queues, "pgq", _version(), platform.system()])
-        job: Job = item[2]
-        task = [kind, timestamp, job.id, job.task, job.queue]
-        if kind == "task-received":
-            root = job.root_id if job.root_id != job.id else None
-            task += [_cut(job.args), _cut(job.kwargs), job.retries,
-                     job.eta.isoformat() if job.eta else None, root, job.parent_id]
-        elif kind == "task-revoked":
-            task += list(item[3:])
-        return orjson.dumps(task)
+    def _encode(self, chunk: list[list[Any]], room: int, payloads: list[str]) -> None:
+        body = orjson.dumps(chunk)
+        if len(body) <= room:
+            payloads.append((self._header + body[1:] + b"}").decode())
+        elif len(chunk) > 1:
+            half = len(chunk) // 2
+            self._encode(chunk[:half], room, payloads)
+            self._encode(chunk[half:], room, payloads)
+        else:
+            log.debug("an event of %d bytes does not fit a NOTIFY: dropped", len(body))
 
-    def _outcome(self, timestamp: float, outcome: Outcome, job: Job | None) -> list[Any]:
+    def _wire(self, item: tuple[Any, ...]) -> list[tuple[int, list[Any]]]:
+        """The events of one buffered item, in wire form, each with its estimated size."""
+        kind, timestamp = item[0], item[1]
+        if kind == "received":
+            return [self._received(timestamp, job) for job in item[2]]
+        if kind == "finished":
+            return [self._outcome(timestamp, outcome, job) for outcome, job in item[2]]
+        if kind.startswith("worker-"):
+            event = [kind, timestamp, self.freq, self._active(), self.processed, _loadavg(),
+                     self.queues, "pgq", _version(), platform.system()]
+            return [(300, event)]
+        job: Job = item[2]
+        return [(85 + len(job.task) + len(job.queue),
+                 [kind, timestamp, job.id, job.task, job.queue, *item[3:]])]
+
+    def _received(self, timestamp: float, job: Job) -> tuple[int, list[Any]]:
+        args, kwargs = _cut(job.args) or "", _cut(job.kwargs) or ""
+        event = ["task-received", timestamp, job.id, job.task, job.queue, args, kwargs,
+                 job.retries, job.eta.isoformat() if job.eta else None,
+                 job.root_id if job.root_id != job.id else None, job.parent_id]
+        estimate = 125 + len(job.task) + len(job.queue) + len(args) + len(kwargs) \
+            + args.count('"') + kwargs.count('"')
+        return estimate, event
+
+    def _outcome(self, timestamp: float, outcome: Outcome, job: Job | None
+                 ) -> tuple[int, list[Any]]:
         self.processed += 1
         kind = _OUTCOME_EVENT.get(outcome.state, "task-failed")
-        head = [kind, timestamp, outcome.id, job.task if job else None,
-                job.queue if job else None]
+        name, queue = (job.task, job.queue) if job else (None, None)
+        head = [kind, timestamp, outcome.id, name, queue]
+        base = 100 + len(name or "") + len(queue or "")
         if kind == "task-succeeded":
-            return [*head, _cut(outcome.result), round(outcome.runtime_ms / 1000, 6)]
-        return [*head, outcome.exc_type, _cut(outcome.exc_message), _tail(outcome.traceback)]
+            result = _cut(outcome.result)
+            return (base + len(result or "") + (result or "").count('"'),
+                    [*head, result, round(outcome.runtime_ms / 1000, 6)])
+        message, trace = _cut(outcome.exc_message), _tail(outcome.traceback)
+        return (base + len(outcome.exc_type or "") + 2 * len(message or "")
+                + 2 * len(trace or ""), [*head, outcome.exc_type, message, trace])
 
     def _active(self) -> int | None:
         try:
