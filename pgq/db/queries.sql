@@ -209,12 +209,9 @@ LATERAL (
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
 
--- name: publish_events
--- Events are best-effort: this one statement (its own transaction) commits without waiting
--- for its WAL flush, so publishing never waits on the disk.
-SELECT count(pg_notify(%(channel)s, payload))
-FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit,
-     unnest(%(payloads)s::text[]) AS payload
+-- name: async_commit
+-- For this transaction only: commit without waiting for the WAL flush (best-effort events).
+SELECT set_config('synchronous_commit', 'off', true)
 
 -- name: update_state
 UPDATE {schema}.jobs SET progress_state = %(state)s, meta = %(meta)s::jsonb

@@ -2,8 +2,8 @@
 
 The supervisor only appends to an in-memory buffer (one deque append per claimed or finished
 batch, and per job started); a thread turns the buffer into compact JSON batches every
-FLUSH_INTERVAL and sends them all with one `pg_notify` statement on its own connection,
-which commits without waiting for the disk.
+FLUSH_INTERVAL and sends them in one transaction on its own connection, which commits without
+waiting for the disk.
 Events are best-effort: a batch that cannot be sent is dropped (and logged once), the buffer
 keeps at most the newest MAX_BUFFERED; nothing here can slow, fail or block job processing."""
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from pgq.db.connection import execute, first_line
+from pgq.db.connection import first_line
 from pgq.events import WIRE_VERSION
 from pgq.worker.executor import Job, Outcome
 
@@ -155,9 +155,7 @@ class EventPublisher:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self.app.connect()
-            q = self.app.queries
-            execute(self._conn, q.publish_events, {"channel": q.events_channel,
-                                                   "payloads": payloads})
+            self._send(self._conn, payloads)
             if self._failing:
                 log.info("publishing events again")
                 self._failing = False
@@ -171,6 +169,15 @@ class EventPublisher:
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 self._conn = None
+
+    def _send(self, conn: psycopg.Connection[Any], payloads: list[str]) -> None:
+        """One transaction, pipelined; one pg_notify per payload (a text[] parameter of big
+        JSON strings costs ~20x more client CPU to send)."""
+        q = self.app.queries
+        with conn.transaction():
+            conn.execute(q.async_commit)
+            conn.cursor().executemany(q.notify, [{"channel": q.events_channel, "payload": p}
+                                                 for p in payloads])
 
     def _payloads(self, events: list[tuple[int, list[Any]]]) -> list[str]:
         """NOTIFY payloads under PAYLOAD_MAX bytes, each encoded with one orjson call: events
