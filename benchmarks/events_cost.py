@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from common import (
     print_details,
     resolve_dsn,
     server_cpu_s,
+    tree_cpu_s,
 )
 from run import BENCH_DIR, PGQ_BIN, WorkerProcess, load_tasks, wait_registered
 
@@ -59,16 +61,17 @@ def start_consumer(dsn: str, schema: str, out: Path) -> subprocess.Popen[bytes]:
 
 def drain(dsn: str, schema: str, tasks: Any, n: int, flags: tuple[str, ...],
           consumer_out: Path | None, postmaster: int | None) -> dict[str, float]:
-    """Jobs/s from the first claim to the last completion of `n` fresh jobs, the worker's
-    CPU-seconds (start-up included), the server's, and events the consumer printed."""
+    """Jobs/s from the first claim to the last completion of `n` fresh jobs; CPU per job of
+    the worker (supervisor and children, from its registration to the last job) and of the
+    server; and how many task-succeeded events the consumer printed."""
     ids = [r.id for r in tasks.app.enqueue_many([tasks.noop.s(i) for i in range(n)])]
     consumer = start_consumer(dsn, schema, consumer_out) if consumer_out else None
-    before = os.times()
-    server_before = server_cpu_s(postmaster)
     with psycopg.connect(dsn, autocommit=True) as conn:
         worker = WorkerProcess(dsn, schema, 2, flags)
         try:
             wait_registered(conn, schema, worker)
+            worker_before = tree_cpu_s(worker.proc.pid)
+            server_before = server_cpu_s(postmaster)
             query = sql.SQL("SELECT count(*) FILTER (WHERE finished_at IS NULL), "
                             "extract(epoch FROM max(finished_at) - min(started_at))::float8 "
                             "FROM {}.jobs WHERE id = ANY(%s::uuid[])").format(
@@ -79,13 +82,12 @@ def drain(dsn: str, schema: str, tasks: Any, n: int, flags: tuple[str, ...],
                     break
                 worker.check_alive()
                 time.sleep(0.05)
+            worker_cpu = tree_cpu_s(worker.proc.pid) - worker_before
+            server_cpu = server_cpu_s(postmaster) - server_before
         finally:
             logged = worker.stop()
-    after = os.times()
-    figures = {"rate": n / span,
-               "worker_cpu": (after.children_user + after.children_system)
-               - (before.children_user + before.children_system),
-               "server_cpu": server_cpu_s(postmaster) - server_before}
+    figures = {"rate": n / span, "worker_us": worker_cpu / n * 1e6,
+               "server_us": server_cpu / n * 1e6}
     logged = "\n".join(line for line in logged.splitlines() if "warm shutdown" not in line)
     if logged.strip():
         print(f"the worker logged:\n{logged}")
@@ -99,6 +101,36 @@ def drain(dsn: str, schema: str, tasks: Any, n: int, flags: tuple[str, ...],
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {}.jobs").format(sql.Identifier(schema)))
     return figures
+
+
+def publisher_cpu_us(app: Any, n: int, rounds: int = 5) -> float:
+    """CPU per job, in this process, of the worker's event path alone: the supervisor's
+    hooks for `n` jobs (claimed in batches of 33, started, finished) and the publisher
+    encoding and sending them in flushes of 1,000 jobs. Median of `rounds`."""
+    from pgq.worker.events import EventPublisher
+    from pgq.worker.executor import Job, Outcome
+
+    publisher = EventPublisher(app, "bench", "bench-host", ["default"], task_events=True,
+                               heartbeats=False, active=lambda: 0)
+    jobs = [Job(str(uuid.uuid4()), "bench.noop", "STARTED", f"[{i}]", "{}", "{}", "default",
+                0, None, 0, 1, None, None, None) for i in range(n)]
+    outcomes = [Outcome(job.id, 1, "SUCCESS", None, runtime_ms=0.05) for job in jobs]
+    inflight = {job.id: job for job in jobs}
+    samples = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for flush in range(0, n, 1000):
+            for k in range(flush, min(n, flush + 1000), 33):
+                batch = jobs[k:k + 33]
+                publisher.received(batch)
+                for job in batch:
+                    publisher.started(job)
+                publisher.finished(outcomes[k:k + 33], {job.id for job in batch}, inflight)
+            publisher._flush()
+        samples.append((time.process_time() - started) / n * 1e6)
+    if publisher._conn is not None:
+        publisher._conn.close()
+    return statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(figures)
                 print(f"round {round_no + 1}: {name:<16} {figures['rate']:,.0f} jobs/s",
                       flush=True)
+        alone = publisher_cpu_us(tasks.app, args.jobs)
         tasks.app.close()
     base = statistics.median(f["rate"] for f in runs["off"])
     rows = []
@@ -133,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         delivered = [int(f["succeeded_events"]) for f in runs[name] if "succeeded_events" in f]
         rows.append((name, f"{median:,.0f}", " / ".join(f"{r:,.0f}" for r in rates),
                      f"{median / base:.3f}",
-                     f"{statistics.median(f['worker_cpu'] for f in runs[name]):.2f}",
-                     f"{statistics.median(f['server_cpu'] for f in runs[name]):.2f}",
+                     f"{statistics.median(f['worker_us'] for f in runs[name]):.0f}",
+                     f"{statistics.median(f['server_us'] for f in runs[name]):.0f}",
                      " / ".join(f"{d:,}" for d in delivered) or "-"))
     print()
     print(format_table(("task events", "jobs/s (median)", "each round", "ratio to off",
-                        "worker CPU-s", "server CPU-s", "task-succeeded events seen"), rows))
+                        "worker CPU µs/job", "server CPU µs/job",
+                        "task-succeeded events seen"), rows))
+    print(f"\nthe event path alone (hooks, encoding, sending; in this process): "
+          f"{alone:.1f} µs of CPU per job")
     print(f"\n{cpu.summary()}")
     if cpu.disturbed:
         print("warning: other processes used the CPU meanwhile: these figures are disturbed")
