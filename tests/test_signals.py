@@ -384,3 +384,34 @@ def test_hard_time_limit_sends_task_failure_from_the_supervisor(
                what="task_failure")
     failure = next(e for e in _entries(signal_log) if e["signal"] == "task_failure")
     assert failure["exception"] == "TimeLimitExceeded" and failure["pid"] == worker.pid
+
+
+@pytest.fixture
+def conf(app: Any) -> Any:
+    saved = dict(app.conf._explicit)
+    yield app.conf
+    app.conf._explicit.clear()
+    app.conf._explicit.update(saved)
+    app.conf._resolved.clear()
+    app.conf._memo.clear()
+
+
+def test_a_header_added_to_a_signed_msgpack_job_is_signed_too(app: Any, conf: Any,
+                                                              start_worker: Any) -> None:
+    conf.update(security_hmac_key="s3cret", accept_content=["json", "msgpack"])
+    bodies: list[Any] = []
+
+    def trace(headers: Any = None, body: Any = None, **kwargs: Any) -> None:
+        headers["traceparent"] = "00-signed-01"
+        bodies.append(body)
+
+    signals.before_task_publish.connect(trace)
+    try:
+        result = whoami.apply_async(serializer="msgpack")
+    finally:
+        signals.before_task_publish.disconnect(trace)
+    assert bodies[0][0] == [] and bodies[0][1] == {}  # decoded from msgpack
+    start_worker("-c", "1", env={"PGQ_SECURITY_HMAC_KEY": "s3cret",
+                                 "PGQ_SECURITY_REQUIRE_SIGNATURE": "1",
+                                 "PGQ_ACCEPT_CONTENT": "json,msgpack"})
+    assert result.get(timeout=10)["headers"] == {"traceparent": "00-signed-01"}
