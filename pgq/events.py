@@ -126,6 +126,7 @@ class EventReceiver:
             self._listener.start()
 
     def close(self) -> None:
+        """Stop listening (a capture in progress returns)."""
         self.should_stop = True
         with self._lock:
             if self._listener is not None:

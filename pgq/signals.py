@@ -109,6 +109,7 @@ class Signal:
         return removed
 
     def has_listeners(self, sender: Any = None) -> bool:
+        """Whether any receiver would be called for `sender`."""
         return bool(self._live_receivers(sender))
 
     def _live_receivers(self, sender: Any) -> list[Receiver]:
