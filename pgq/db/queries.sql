@@ -173,8 +173,8 @@ RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 -- outcomes (guarded as in `complete`), NOTIFY get() waiters of the finished ids (in chunks
 -- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
 -- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
--- updates never touch the same row). One row per claimed job, or one row of NULLs; `written`,
--- `woken`, `notified` and `next_due` come first on every row. Used for batches whose jobs
+-- updates never touch the same row). One row per claimed job, or one row of NULLs; `written`
+-- (the ids), `woken`, `notified` and `next_due` come first on every row. Used for batches whose jobs
 -- start nothing after them (no link, chain or chord); `complete` and `claim` otherwise.
 WITH done AS (
     UPDATE {schema}.jobs AS j
@@ -248,7 +248,7 @@ WITH done AS (
               j.content_type, j.compression, j.payload, j.signature,
               picked.rate_reserved, j.run_at
 ), summary AS (
-    SELECT (SELECT count(*) FROM done) AS written,
+    SELECT (SELECT coalesce(array_agg(id::text), '{}') FROM done) AS written,
            (SELECT count(*) FROM retries_notified) AS woken,
            (SELECT count(*) FROM done_notified) AS notified,
            -- as `next_due`, when the claim came back short (then the worker sleeps until then)
@@ -351,6 +351,10 @@ LATERAL (
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: async_commit
+-- For this transaction only: commit without waiting for the WAL flush (best-effort events).
+SELECT set_config('synchronous_commit', 'off', true)
 
 -- name: update_state
 UPDATE {schema}.jobs SET progress_state = %(state)s, meta = %(meta)s::jsonb

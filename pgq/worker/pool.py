@@ -24,8 +24,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from pgq import signals
 from pgq.errors import TimeLimitExceeded, WorkerLostError
-from pgq.worker.executor import Job, Outcome, execute, job_options, lost, on_error
+from pgq.worker.executor import Job, Outcome, execute, job_options, lost, timed_out
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -100,7 +101,14 @@ def _child_main(config: PoolConfig, jobs_fd: int, outcomes_fd: int, parent_fds: 
     _die_with_parent()
     for fd in parent_fds:
         os.close(fd)
-    inbox = os.fdopen(jobs_fd, "rb")
+    signals.worker_process_init.send(sender=None)
+    try:
+        _serve(config, os.fdopen(jobs_fd, "rb"), outcomes_fd)
+    finally:
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+
+def _serve(config: PoolConfig, inbox: BinaryIO, outcomes_fd: int) -> None:
     done = 0
     while True:
         try:
@@ -312,7 +320,7 @@ class PreforkPool:
                 log.error("job %s (%s) ran past its time limit of %ss: killed its child",
                           job.id, job.task, limit)
                 task = self.config.app.tasks.get(job.task)
-                outcomes.append(on_error(task, job, TimeLimitExceeded(
+                outcomes.append(timed_out(task, job, TimeLimitExceeded(
                     f"{job.task} exceeded its time limit of {limit}s"), limit * 1000 if limit
                     else 0.0))
                 self.children[index] = _Child(self.config)
