@@ -204,8 +204,8 @@ ROWS = (
     Row("A enqueue bulk (chunks of 1,000)", "A_batch_jobs_s", True, "jobs/s", 110_000),
     Row("B drain 10k, from worker start", "B_drain_jobs_s", True, "jobs/s", 12_000),
     Row("B drain, excl. start-up", "B_drain_excl_startup_jobs_s", True, "jobs/s"),
-    Row("B worker CPU per job (supervisor + children)", "B_worker_cpu_us_per_job", False, "us",
-        pgq_only=True),
+    Row("B worker CPU per job (supervisor + children, start-up included)",
+        "B_worker_cpu_us_per_job", False, "us", pgq_only=True),
     Row("B PostgreSQL CPU per job (its backends)", "B_pg_cpu_us_per_job", False, "us",
         pgq_only=True),
     Row("C round trip p50", "C_p50_ms", False, "ms", 2.0),
@@ -317,6 +317,8 @@ def describe_run(reps: dict[str, list[dict[str, Any]]], args: argparse.Namespace
     pg = env.get("postgres", {})
     counts = ", ".join(f"{LABELS.get(t, t)} {sum(1 for x in r if 'C_p50_ms' in x)}"
                        for t, r in reps.items())
+    sizes = ("smoke (N=300, C=10)" if args.smoke else "quick (N=2,000, C=50, D=5 s)"
+             if args.quick else "N=10,000, C=200, D=20 s")
     e_reps = [r for r in reps.get("pgq", []) if "E_kept_finished" in r]
     kept = (f"E kept {e_reps[0]['E_kept_finished']:,} finished + "
             f"{e_reps[0]['E_kept_future']:,} future jobs. " if e_reps else "")
@@ -324,7 +326,7 @@ def describe_run(reps: dict[str, list[dict[str, Any]]], args: argparse.Namespace
             f"better pgq is; > 1 = pgq better). PostgreSQL {pg.get('server_version', '?')} "
             f"fsync={pg.get('fsync', '?')} synchronous_commit={pg.get('synchronous_commit', '?')}"
             f"; Redis without persistence. pgq {env.get('versions', {}).get('pgq', '?')}. "
-            f"Sizes: {'quick (N=2,000, C=50, D=5 s)' if args.quick else 'N=10,000, C=200, D=20 s'}"
+            f"Sizes: {sizes}"
             f". {kept}Machine load during the run: {load}.")
 
 
