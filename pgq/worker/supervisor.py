@@ -330,7 +330,10 @@ class Worker:
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
             self.pending = outcomes + self.pending
-            self._unstorable(conn, self.pending, exc)
+            if outcomes:
+                self._unstorable(conn, self.pending, exc)
+            else:  # the claim itself (say, a schema not migrated): back off, do not spin
+                self._db_failed(exc)
             return
         except psycopg.Error as exc:
             self.pending = outcomes + self.pending  # written again (guarded) once reconnected
