@@ -7,8 +7,8 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from pgq import enqueue
 from pgq.config import Settings
@@ -19,7 +19,11 @@ from pgq.result import AsyncResult, ResultWaiter, wait_loop
 from pgq.task import Task, make_task
 
 log = logging.getLogger("pgq")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+if TYPE_CHECKING:
+    from pgq.task import AsyncTask, BoundTaskDecorator, LooseTaskDecorator, TaskDecorator
 
 _current: App | None = None
 _Result = AsyncResult  # the class, for annotations inside App (which has a method of that name)
@@ -181,12 +185,24 @@ class App:
 
     # --- tasks ------------------------------------------------------------------------------
 
+    # The overloads give a type checker the task's parameters and return type: see
+    # "Type checking" in docs/tasks.md.
     @overload
-    def task(self, fn: F) -> Task: ...
+    def task(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, **options: Any
+    ) -> AsyncTask[P, R]: ...
     @overload
-    def task(self, fn: None = None, **options: Any) -> Callable[[F], Task]: ...
+    def task(self, fn: Callable[P, R], /, **options: Any) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: None = None, /, *, bind: Literal[False] = False,
+             **options: Any) -> TaskDecorator: ...
+    @overload
+    def task(self, fn: None = None, /, *, bind: Literal[True], **options: Any
+             ) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, fn: None = None, /, *, bind: bool, **options: Any) -> LooseTaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: `@app.task` or `@app.task(name=..., queue=...)`.
 
         Options (all optional, Celery's names): `name` (default `module.qualname`), `queue`,

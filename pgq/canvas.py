@@ -193,7 +193,7 @@ class chain(Signature):
         assert result is not None
         return result
 
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply_async(args, kwargs)
 
 
@@ -222,7 +222,7 @@ class group(Signature):
         results = [AsyncResult(i, app=self.app) for i in started.member_ids]
         return GroupResult(started.group_id or "", results, app=self.app)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
         return self.apply_async(args, kwargs)
 
 
@@ -262,8 +262,7 @@ class chord(Signature):
         started = _start(self, args, kwargs, options)
         return AsyncResult(started.result_id or "", app=self.app)
 
-    def __call__(self, body: Signature | None = None, **options: Any  # type: ignore[override]
-                 ) -> AsyncResult:
+    def __call__(self, body: Signature | None = None, **options: Any) -> AsyncResult:
         """`chord(header)(body)`: set the body and enqueue, as Celery's shorthand."""
         if body is not None:
             self["kwargs"]["body"] = body

@@ -7,7 +7,9 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
+
+from typing_extensions import TypeVar
 
 from pgq import payload, serialization
 from pgq.db.connection import execute
@@ -16,6 +18,8 @@ from pgq.errors import TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from pgq.app import App
+
+R = TypeVar("R", default=Any)  # the task's return type; a bare AsyncResult is AsyncResult[Any]
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
@@ -103,9 +107,9 @@ class _Row:
         return None
 
 
-class AsyncResult:
+class AsyncResult(Generic[R]):
     """The handle on one job. Every read goes to the job's row in Postgres; once the job has
-    finished, the row is cached.
+    finished, the row is cached. `AsyncResult[R]`: `get()` returns the task's `R`.
 
     Args:
         id: The job id.
@@ -211,8 +215,15 @@ class AsyncResult:
         """True if the job finished with `FAILURE`."""
         return self._row().state == "FAILURE"
 
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True,
+            interval: float | None = None, **_: Any) -> R: ...
+    @overload
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float | None = None, **_: Any) -> Any:
+            interval: float | None = None, **_: Any) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, **_: Any) -> R | BaseException:
         """Wait for the job to finish and return its value. The wait is woken by
         `LISTEN/NOTIFY` when the job's outcome is committed, not by polling.
 
@@ -230,7 +241,8 @@ class AsyncResult:
         """
         row = self.app.wait_for([self.id], timeout, lambda: self._row())
         if row.state == "SUCCESS":
-            return row.value(self.app)
+            value: R = row.value(self.app)
+            return value
         exc = self._exception(row)
         if propagate:
             raise exc
@@ -363,7 +375,7 @@ def _is_done(outcome: Any) -> bool:
     return bool(outcome)
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R]):
     """The result of a job run in-process because `task_always_eager` is set."""
 
     def __init__(self, id: str, state: str, value: Any, traceback: str | None = None,
@@ -385,11 +397,19 @@ class EagerResult(AsyncResult):
 
     info = result
 
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True,
+            interval: float | None = None, **_: Any) -> R: ...
+    @overload
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float | None = None, **_: Any) -> Any:
+            interval: float | None = None, **_: Any) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, **_: Any) -> R | BaseException:
         if self._cache is not None and self._cache.state == "FAILURE" and propagate:
             raise self._value
-        return self._value
+        value: R = self._value
+        return value
 
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
         pass

@@ -107,7 +107,7 @@ class Scheduler:
             (wait,) = execute(conn, q.schedule_next)[0]
         if wait is None:
             return MAX_SLEEP
-        return min(MAX_SLEEP, max(0.0, wait.total_seconds()))
+        return min(MAX_SLEEP, max(0.0, float(wait.total_seconds())))
 
     def run(self) -> None:
         """Loop until stop(): sync, then tick at each due time; ride out database outages."""
