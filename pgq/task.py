@@ -228,7 +228,7 @@ class Task(Generic[P, R]):
     def effective_max_retries(self) -> int | None:
         if "max_retries" in self.retry_kwargs:
             limit: int | None = self.retry_kwargs["max_retries"]
-        return limit
+            return limit
         return self.max_retries
 
     def __repr__(self) -> str:
