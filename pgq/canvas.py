@@ -4,7 +4,9 @@ trip); chain and group turn into job rows, and the worker carries a chain forwar
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -17,8 +19,12 @@ def _current_app(app: App | None) -> App:
     return app or current_app()
 
 
-class Signature(dict[str, Any]):
+R = TypeVar("R", default=Any)  # the task's return type; a bare Signature is Signature[Any]
+
+
+class Signature(dict[str, Any], Generic[R]):
     """`add.s(2, 3)`: a task name with partial args, kwargs and calling options.
+    `Signature[R]`: its `delay().get()` returns the task's `R`.
 
     A signature is a plain `dict` (`task`, `args`, `kwargs`, `options`, `immutable`,
     `subtask_type`), so it survives a JSON round trip; `pgq.signature(d)` rebuilds one.
@@ -73,7 +79,7 @@ class Signature(dict[str, Any]):
     def immutable(self) -> bool:
         return bool(self["immutable"])
 
-    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+    def set(self, immutable: bool | None = None, **options: Any) -> Signature[R]:
         """Add calling options (`queue=`, `countdown=`, `priority=`, …) in place; returns the
         signature itself."""
         if immutable is not None:
@@ -82,9 +88,9 @@ class Signature(dict[str, Any]):
         return self
 
     def clone(self, args: Sequence[Any] | None = None,
-              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
         """A copy with more arguments (positional ones go first) and options."""
-        sig = Signature(dict(self), app=self._app)
+        sig: Signature[R] = Signature(dict(self), app=self._app)
         sig["args"], sig["kwargs"] = self.merged_args(args, kwargs)
         sig["options"] = {**self["options"], **options}
         return sig
@@ -98,21 +104,22 @@ class Signature(dict[str, Any]):
         return [*(args or ()), *self.args], {**self.kwargs, **(kwargs or {})}
 
     def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[R]:
         """Enqueue the task with the signature's arguments plus these (positional ones go
         first), and its options updated with these (as `Task.apply_async`)."""
         all_args, all_kwargs = self.merged_args(args, kwargs)
         return self.app.send_task(self.task, all_args, all_kwargs,
                                   **{**self.options, **options})
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """`apply_async(args, kwargs)` without options."""
         return self.apply_async(args, kwargs)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the task body here, with the signature's partial arguments."""
         all_args, all_kwargs = self.merged_args(args, kwargs)
-        return self.app.tasks[self.task](*all_args, **all_kwargs)
+        value: R = self.app.tasks[self.task](*all_args, **all_kwargs)
+        return value
 
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]
         """`a | b`: a chain of the two."""

@@ -125,7 +125,7 @@ class Task(Generic[P, R]):
     # --- signatures -----------------------------------------------------------------------
 
     def signature(self, args: Sequence[Any] | None = None,
-                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
         """A signature of this task with partial arguments and calling options;
         `immutable=True` makes it ignore a parent's result (as `si()`)."""
         from pgq.canvas import Signature
@@ -135,12 +135,12 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature: `add.s(2)` in a chain receives the previous result as its first
         argument. Its arguments may be partial, so they are not type-checked (`si` is)."""
         return self.signature(args, kwargs)
 
-    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """An immutable signature: it runs with exactly these arguments, ignoring a parent's
         result."""
         return self.signature(args, kwargs, immutable=True)

@@ -66,12 +66,14 @@ def use() -> None:
     total(add.apply_async((1, 2), countdown=5, queue="q"))
     add.s(1) | add.s(2)  # partial arguments: s() is not checked
     add.si(1, 2)
-    print(n, r, s, b, f, d)
+    m: int = add.s(1).delay(2).get()
+    print(n, r, s, b, f, d, m)
 
 
 assert add(2, 3) == 5
 assert concat("a", "b") == "ab"
 assert bound(4)[0] == 4
+assert add.s(1)(2) == 3 and add.si(1, 2)["args"] == [1, 2]
 assert isinstance(fetch, Task) and isinstance(abound, Task)
 print("ran")
 '''
@@ -99,6 +101,10 @@ coroutine = reveal_type(fetch("u"))  # R: typing.Coroutine[Any, Any, bytes]
 coroutine.close()  # a direct call of an async task returns its coroutine
 reveal_type(abound.delay("u").get())  # R: dict[str, int]
 reveal_type(loose.delay("anything").get())  # R: float
+reveal_type(add.s(1))  # R: pgq.canvas.Signature[int]
+reveal_type(add.si(1, 2).delay().get())  # R: int
+reveal_type(concat.s("a").set(queue="q").clone(("b",)).apply_async().get())  # R: str
+reveal_type(add.s(1) | add.s(2))  # R: pgq.canvas.chain
 
 add.delay("x", 2)  # E: arg-type
 add.delay(1)  # E: call-arg
