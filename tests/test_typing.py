@@ -51,6 +51,9 @@ async def abound(self: Task, url: str, *, retries: int = 0) -> dict[str, int]:
 '''
 
 GOOD = TASKS + '''
+from pgq import crontab
+
+app.add_periodic_task(crontab(hour=6, minute=30), add.s(1, 2))  # numbers, as in Celery
 
 def total(result: AsyncResult[int]) -> int:
     return result.get(timeout=1) + 1
