@@ -15,6 +15,7 @@ from pgq.config import Settings
 from pgq.db.connection import ProducerPool, check_dsn, connect, execute
 from pgq.db.queries import Queries, queries_for
 from pgq.errors import ConfigurationError, NotRegistered
+from pgq.events import Events
 from pgq.result import AsyncResult, ResultWaiter, wait_loop
 from pgq.task import Task, make_task
 
@@ -353,6 +354,12 @@ class App:
         return [AsyncResult(next(other_ids) if is_flow else next(plain_ids), app=self,
                             task_name=sig["task"]) for sig, is_flow in zip(sigs, kinds,
                                                                            strict=True)]
+
+    @property
+    def events(self) -> Events:
+        """Live events: `for event in app.events(): ...`, or Celery's
+        `app.events.Receiver(handlers={...}).capture()` (see docs/events.md)."""
+        return Events(self)
 
     # --- results ----------------------------------------------------------------------------
 

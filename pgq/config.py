@@ -114,6 +114,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "worker_max_memory_per_child": (None, _int_or_none),
     "worker_prefetch_multiplier": (None, _int_or_none),  # None: sized from run times
     "worker_pool": ("prefork", str),
+    "worker_send_task_events": (True, _bool),  # task-* events (worker-* events always)
     "beat_schedule": ({}, _json_env),
     "timezone": ("UTC", str),
     "enable_utc": (True, _bool),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
-from pgq import payload, serialization
+from pgq import payload, serialization, signals
 from pgq import request as request_context
 from pgq.db.connection import dbapi_connection, execute
 from pgq.errors import InvalidOption
@@ -278,6 +279,75 @@ def insert_chords(app: App, conn: Any, chords: Sequence[Any]) -> None:
 
 
 def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
+    if signals.before_task_publish.receivers:
+        rows = [_before_publish(app, row) for row in rows]
+    ids = _write_rows(app, conn, rows)
+    if signals.after_task_publish.receivers:
+        for row, job_id in zip(rows, ids, strict=True):
+            if job_id == row.id:  # not a unique key's existing job
+                headers, body, _ = _message(app, row)
+                signals.after_task_publish.send(sender=row.task, body=body, exchange="",
+                                                routing_key=row.queue, headers=headers)
+    return ids
+
+
+# Celery's message headers (protocol 2) that describe the job; any other header a
+# before_task_publish receiver adds is the user's and reaches `self.request.headers`.
+MESSAGE_HEADERS = frozenset({"lang", "task", "id", "shadow", "eta", "expires", "group",
+                             "group_index", "retries", "timelimit", "root_id", "parent_id",
+                             "ignore_result", "origin", "argsrepr", "kwargsrepr"})
+
+
+def _message(app: App, row: JobRow) -> tuple[dict[str, Any], tuple[Any, Any, dict[str, Any]],
+                                             dict[str, Any]]:
+    """What Celery's publish signals see: headers, body (args, kwargs, embed), and the
+    row's runtime options."""
+    options = serialization.loads(row.options) if row.options != "{}" else {}
+    try:
+        args, kwargs = payload.decode_arguments(payload.worker_policy(app), row, options)
+    except Exception:  # a content type this process does not read: pass it as stored
+        args, kwargs = row.args, row.kwargs
+    headers = {
+        "lang": "py", "task": row.task, "id": row.id, "shadow": options.get("shadow"),
+        "eta": row.run_at.isoformat() if row.run_at else None,
+        "expires": row.expires_at.isoformat() if row.expires_at else None,
+        "group": row.group_id, "group_index": None, "retries": 0,
+        "timelimit": [options.get("time_limit"), options.get("soft_time_limit")],
+        "root_id": row.root_id or row.id, "parent_id": row.parent_id,
+        "ignore_result": bool(options.get("ignore_result", False)),
+        "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+        **(options.get("headers") or {}),
+    }
+    embed = {"callbacks": options.get("link"), "errbacks": options.get("link_error"),
+             "chain": options.get("chain"), "chord": options.get("chord")}
+    return headers, (args, kwargs, embed), options
+
+
+def _before_publish(app: App, row: JobRow) -> JobRow:
+    """Send before_task_publish; keep the headers its receivers added or changed (a signed
+    job is signed again: its options are part of what is signed)."""
+    headers, body, options = _message(app, row)
+    own = options.get("headers") or {}
+    signals.before_task_publish.send(
+        sender=row.task, body=body, exchange="", routing_key=row.queue, headers=headers,
+        properties={"correlation_id": row.id, "priority": row.priority,
+                    "content_type": row.content_type or "application/json",
+                    "content_encoding": "binary" if row.payload is not None else "utf-8"},
+        declare=[], retry_policy=None)
+    custom = {k: v for k, v in headers.items() if k not in MESSAGE_HEADERS or k in own}
+    if custom == own:
+        return row
+    if custom:
+        options["headers"] = custom
+    else:
+        options.pop("headers", None)
+    row = row._replace(options=serialization.dumps(options, "options") if options else "{}")
+    signer = payload.producer_policy(app).signer
+    return row if row.signature is None or signer is None else row._replace(
+        signature=signer.sign(row))
+
+
+def _write_rows(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
     if len(rows) == 1:
         inserted = _insert_one(app, conn, rows[0])
     elif (len(rows) >= COPY_THRESHOLD and isinstance(conn, psycopg.Connection)
