@@ -145,12 +145,12 @@ class Task(Generic[P, R]):
         result."""
         return self.signature(args, kwargs, immutable=True)
 
-    def map(self, iterable: Iterable[Any]) -> Signature:
+    def map(self, iterable: Iterable[Any]) -> Signature[list[R]]:
         """A signature of one job that calls this task on each item and returns the list of
         results."""
         return self.app.tasks["pgq.map"].s(self.name, list(iterable))
 
-    def starmap(self, iterable: Iterable[Sequence[Any]]) -> Signature:
+    def starmap(self, iterable: Iterable[Sequence[Any]]) -> Signature[list[R]]:
         """Like `map`, with each item unpacked as the positional arguments."""
         return self.app.tasks["pgq.starmap"].s(self.name, [list(x) for x in iterable])
 

@@ -108,6 +108,7 @@ reveal_type(add.s(1))  # R: pgq.canvas.Signature[int]
 reveal_type(add.si(1, 2).delay().get())  # R: int
 reveal_type(concat.s("a").set(queue="q").clone(("b",)).apply_async().get())  # R: str
 reveal_type(add.s(1) | add.s(2))  # R: pgq.canvas.chain
+reveal_type(add.starmap([(1, 2)]).delay().get())  # R: list[int]
 
 add.delay("x", 2)  # E: arg-type
 add.delay(1)  # E: call-arg
