@@ -19,7 +19,9 @@ def _current_app(app: App | None) -> App:
     return app or current_app()
 
 
-R = TypeVar("R", default=Any)  # the task's return type; a bare Signature is Signature[Any]
+# The task's return type; a bare Signature is Signature[Any]. Covariant: a list of signatures
+# of different tasks is a list[Signature[object]], which chain/group/chord accept.
+R = TypeVar("R", covariant=True, default=Any)
 
 
 class Signature(dict[str, Any], Generic[R]):
@@ -121,9 +123,15 @@ class Signature(dict[str, Any], Generic[R]):
         value: R = self.app.tasks[self.task](*all_args, **all_kwargs)
         return value
 
-    def __or__(self, other: Signature) -> chain:  # type: ignore[override]
+    def __or__(self, other: Signature) -> chain:  # type: ignore[override]  # not dict's merge
         """`a | b`: a chain of the two."""
         return chain(self, other)
+
+    if TYPE_CHECKING:
+        # For `a | b` of two signatures of different return types, mypy looks at the right
+        # operand's reflected operator first (dict's, a dict merge); at run time `a.__or__`
+        # answers. So the reflected one is declared, for type checkers only, as a chain too.
+        def __ror__(self, other: Signature) -> chain: ...  # type: ignore[override]
 
     def __repr__(self) -> str:
         args = ", ".join([*map(repr, self["args"]),

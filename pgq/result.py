@@ -19,7 +19,8 @@ from pgq.errors import TaskRevokedError, TimeoutError
 if TYPE_CHECKING:
     from pgq.app import App
 
-R = TypeVar("R", default=Any)  # the task's return type; a bare AsyncResult is AsyncResult[Any]
+# The task's return type; a bare AsyncResult is AsyncResult[Any]. Covariant, as Signature's.
+R = TypeVar("R", covariant=True, default=Any)
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})

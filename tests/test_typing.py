@@ -51,7 +51,7 @@ async def abound(self: Task, url: str, *, retries: int = 0) -> dict[str, int]:
 '''
 
 GOOD = TASKS + '''
-from pgq import crontab
+from pgq import chord, crontab, group
 
 app.add_periodic_task(crontab(hour=6, minute=30), add.s(1, 2))  # numbers, as in Celery
 
@@ -70,7 +70,13 @@ def use() -> None:
     add.s(1) | add.s(2)  # partial arguments: s() is not checked
     add.si(1, 2)
     m: int = add.s(1).delay(2).get()
-    print(n, r, s, b, f, d, m)
+    # Signatures of different tasks mix in chains, groups and chord headers.
+    (add.s(1, 1) | concat.si("x") | add.s(1)).apply_async(link_error=concat.s())
+    header = [add.s(1, 1), concat.s("a"), bound.si(2)]
+    chord(header, add.s()).apply_async()
+    group(header).apply_async().get()
+    results = [add.delay(1, 2), concat.delay("a")]
+    print(n, r, s, b, f, d, m, [x.get() for x in results])
 
 
 assert add(2, 3) == 5
@@ -108,6 +114,8 @@ reveal_type(add.s(1))  # R: pgq.canvas.Signature[int]
 reveal_type(add.si(1, 2).delay().get())  # R: int
 reveal_type(concat.s("a").set(queue="q").clone(("b",)).apply_async().get())  # R: str
 reveal_type(add.s(1) | add.s(2))  # R: pgq.canvas.chain
+reveal_type(add.s(1) | concat.si("a") | bound.s())  # R: pgq.canvas.chain
+reveal_type([add.s(1), concat.s("a")])  # R: list[pgq.canvas.Signature[object]]
 reveal_type(add.starmap([(1, 2)]).delay().get())  # R: list[int]
 
 add.delay("x", 2)  # E: arg-type
