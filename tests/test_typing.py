@@ -76,6 +76,8 @@ def use() -> None:
     chord(header, add.s()).apply_async()
     group(header).apply_async().get()
     results = [add.delay(1, 2), concat.delay("a")]
+    handlers: dict[str, Task] = {"add": add, "concat": concat, "bound": bound, "fetch": fetch}
+    handlers["add"].delay(1, 2)
     print(n, r, s, b, f, d, m, [x.get() for x in results])
 
 
