@@ -162,13 +162,16 @@ class PgCluster:
 
     # --- replication --------------------------------------------------------------------
 
-    def replica(self, name: str, *, application_name: str = "replica1") -> PgCluster:
-        """A streaming replica of this (running) server, made with pg_basebackup, started."""
+    def replica(self, name: str, *, application_name: str = "replica1",
+                stream_from: tuple[str, int] | None = None) -> PgCluster:
+        """A streaming replica of this (running) server, made with pg_basebackup, started.
+        `stream_from` (host, port): where it reaches this server for WAL (e.g. a proxy)."""
         standby = PgCluster(name, listen=self.listen, settings=self.settings)
+        host, port = stream_from or (str(self.base), self.port)
         _run(PGBIN / "pg_basebackup", "-D", standby.data, "-h", self.base, "-p", self.port,
              "-U", "postgres", "-X", "stream", "-R", "--checkpoint=fast", "--no-sync")
         with open(standby.data / "postgresql.auto.conf", "a") as conf:
-            conf.write(f"primary_conninfo = 'host={self.base} port={self.port} user=postgres "
+            conf.write(f"primary_conninfo = 'host={host} port={port} user=postgres "
                        f"application_name={application_name}'\n")
         standby._write_settings()
         return standby.start()
