@@ -63,6 +63,7 @@ class Worker:
         conf = app.conf
         self.app = app
         self.queues = queues or [app.default_queue]
+        app.serve_queues(self.queues)  # queue_databases: connect where these queues live
         if pool == "solo":
             concurrency = 1
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
