@@ -156,3 +156,76 @@ def test_enqueue_retrying_rejects_workflows_and_gives_up_in_time(pair):
     assert time.monotonic() - started < 5
     app.close()
     gone.close()
+
+
+def test_async_failover_reruns_jobs_whose_outcome_was_lost(tmp_path):
+    """Asynchronous replication: outcomes the primary acknowledged but never sent are gone
+    after the promotion, leaving jobs STARTED under a worker that is alive and thinks them
+    done. On reconnecting the worker returns every job the database says it holds and it
+    does not (release_unknown); they run again and finish."""
+    import signal
+
+    from clusters import HERE
+
+    runs = tmp_path / "runs"
+    with PgCluster("async-primary") as primary:
+        primary.init().start()
+        App("fleet", dsn=primary.dsn()).migrate()
+        link_port = free_port()
+        link = subprocess.Popen([sys.executable, str(HERE / "delay_proxy.py"),
+                                 f"127.0.0.1:{link_port}", f"127.0.0.1:{primary.port}", "0"])
+        worker = None
+        try:
+            wait_until(lambda: link.poll() is None and _accepts(link_port), what="the link")
+            with primary.replica("async-replica", stream_from=("127.0.0.1", link_port)) \
+                    as replica:
+                primary.wait_streaming()
+                pair = Pair(primary, replica)
+                env = {**os.environ, "PGQ_DSN": pair.dsn,
+                       "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+                log = tmp_path / "worker.log"
+                worker = subprocess.Popen([PGQ, "worker", "-A", "apps.fleet", "-c", "4",
+                                           "-l", "INFO"], env=env, stdout=open(log, "w"),  # noqa: SIM115
+                                          stderr=subprocess.STDOUT, cwd=ROOT,
+                                          start_new_session=True)
+                app = App("fleet", dsn=primary.dsn())
+                ids = [r.id for r in app.enqueue_many(
+                    [app.signature("fleet.where", (str(runs), 1.5)) for _ in range(4)])]
+                app.close()
+                started = "SELECT count(*) FROM pgq.jobs WHERE state = 'STARTED'"
+                wait_until(lambda: replica.sql(started)[0][0] == 4, timeout=30,
+                           what="the four claims to reach the replica")
+                link.send_signal(signal.SIGSTOP)  # the link hangs: nothing more arrives
+                wait_until(lambda: primary.sql("SELECT count(*) FROM pgq.jobs WHERE state = "
+                                               "'SUCCESS'")[0][0] == 4, timeout=30,
+                           what="the primary to acknowledge the four outcomes")
+                primary.kill()
+                link.kill()
+                replica.promote()
+                assert replica.sql(started)[0][0] == 4, "the outcomes should be lost"
+                wait_until(lambda: replica.sql("SELECT count(*) FROM pgq.jobs WHERE state = "
+                                               "'SUCCESS'")[0][0] == 4, timeout=40,
+                           what="the jobs to run again on the promoted replica")
+                ran = Counter(line.split()[0] for line in runs.read_text().splitlines())
+                assert ran == {job_id: 2 for job_id in ids}
+                assert "returned 4 job(s) claimed during a lost connection" in log.read_text()
+        finally:
+            link.kill()
+            link.wait()
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, 9)
+                    worker.wait()
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+    except OSError:
+        return False

@@ -156,6 +156,9 @@ class Worker:
             self.conn = self.app.connect()
             self.db_backoff = 0.1
             self.notified = True
+            # A new connection (maybe to a promoted replica that never saw our last commits):
+            # return any job the database says we hold and we do not (release_unknown).
+            self.claim_uncertain = True
             return self.conn
         except Exception as exc:
             self._db_failed(exc)
