@@ -213,8 +213,6 @@ class App:
 
     def serve_queues(self, queues: Sequence[str]) -> None:
         """Called by a worker: connect where `queues` live (one database per worker)."""
-        from pgq import routing
-
         dsn = routing.worker_database(self, queues)
         self._worker_dsn = dsn if dsn is not None and dsn != self.default_dsn else None
 

@@ -229,9 +229,11 @@ class Host:
         self.netns = f"pgqhost{tag}-{index}"
         self.veth_out = f"pq{tag}h{index}"  # our side; names are at most 15 bytes
         self.veth_in = f"pq{tag}n{index}"
-        subnet = f"10.{200 + tag % 50}.{index}"
-        self.gateway = f"{subnet}.1"
-        self.address = f"{subnet}.2"
+        # A /30 per host inside a /24 of this process's own (tag: its pid), so two runs at
+        # once (a test and a benchmark) never share addresses.
+        subnet = f"10.{200 + (tag >> 8) % 50}.{tag % 256}"
+        self.gateway = f"{subnet}.{4 * index + 1}"
+        self.address = f"{subnet}.{4 * index + 2}"
         self.processes: list[subprocess.Popen[Any]] = []  # workers: stop_processes() ends them
         self.services: list[subprocess.Popen[Any]] = []  # the delay proxy: lives until destroy()
         self.db_host = self.gateway  # where processes in the namespace reach PostgreSQL
