@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -308,16 +309,28 @@ class Host:
         _ip("link", "del", self.veth_out, check=False)
 
 
+def remove_stale_namespaces() -> None:
+    """Namespaces left by an earlier run that was killed before it could clean up (their
+    name carries the pid of the process that made them)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             check=False).stdout
+    for name in re.findall(r"^pgqhost(\d+)-\d+", listing, re.M):
+        if not Path(f"/proc/{name}").exists():
+            for netns in re.findall(rf"^(pgqhost{name}-\d+)", listing, re.M):
+                _ip("netns", "del", netns, check=False)
+
+
 class Hosts:
     """`n` worker hosts, each a network namespace `delay_ms` (round trip) away."""
 
     def __init__(self, n: int, delay_ms: float = 2.0) -> None:
-        self.tag = os.getpid() % 100000
+        self.tag = os.getpid()
         self.hosts = [Host(k + 1, self.tag) for k in range(n)]
         self.delay_ms = delay_ms
         self.delay = "none"
 
     def __enter__(self) -> Hosts:
+        remove_stale_namespaces()
         try:
             for host in self.hosts:
                 self.delay = host.create(self.delay_ms)
