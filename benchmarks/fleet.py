@@ -12,7 +12,10 @@ end. Each host runs one `pgq worker -c 2`. Two workloads:
 - `sleep`: jobs that sleep 20 ms, so the drain is bound by worker slots (2 per host).
 
 All hosts share this machine's cores: on a 2-core box the `noop` curve flattens at the CPU
-limit, while the `sleep` curve shows the hosts adding capacity. Needs root (namespaces).
+limit, while the `sleep` curve shows the hosts adding capacity. When other processes load
+the machine ("others' CPU-s"), more hosts also means a larger share of the CPU for this
+benchmark; "jobs per CPU-s of ours" (workers, children, proxies, PostgreSQL) does not
+depend on that share. Needs root (namespaces).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Run:
     busy: float  # share of all cores busy during the drain
     pg_share: float  # share of the busy CPU that PostgreSQL used
     others_s: float  # CPU-seconds of processes not ours (load from other users)
+    ours_s: float  # CPU-seconds of the workers, their children, proxies and PostgreSQL
 
     @property
     def rate(self) -> float:
@@ -115,7 +119,7 @@ def drain(pg: PgCluster, hosts: Hosts, workload: str, count: int, jobs: int,
         ((span,),) = pg.sql("SELECT extract(epoch FROM max(finished_at) - min(started_at))"
                             "::float8 FROM pgq.jobs")
         return Run(workload, count, jobs, span, cpu.busy / cpu.available,
-                   pg_used / max(cpu.busy, 1e-9), max(0.0, cpu.busy - ours))
+                   pg_used / max(cpu.busy, 1e-9), max(0.0, cpu.busy - ours), ours)
     finally:
         for host in hosts:
             host.stop_processes()
@@ -167,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
                              " / ".join(f"{r.rate:,.0f}" for r in runs),
                              f"{statistics.median(r.busy for r in runs):.0%}",
                              f"{statistics.median(r.pg_share for r in runs):.0%}",
-                             f"{max(r.others_s for r in runs):.1f}"])
+                             f"{max(r.others_s for r in runs):.1f}",
+                             f"{statistics.median(r.jobs / r.ours_s for r in runs):,.0f}"])
                 print(f"  {workload} x{count}: " + ", ".join(f"{r.rate:,.0f}/s" for r in runs),
                       flush=True)
         print()
         print(format_table(["workload", "hosts", "jobs", "jobs/s (median)", "runs",
-                            "CPU busy", "PostgreSQL's share", "others' CPU-s"], rows))
+                            "CPU busy", "PostgreSQL's share", "others' CPU-s",
+                            "jobs per CPU-s of ours"], rows))
         print()
         print(chart(medians))
     return 0
