@@ -310,13 +310,13 @@ class App:
         """`task_always_eager`: run the job here and now (for unit tests of user code)."""
         import traceback
 
-        from pgq import serialization
+        from pgq import payload
         from pgq.request import Request, pop, push
         from pgq.result import EagerResult
 
         if task is None:
             raise NotRegistered(f"task {row.task!r} is not registered in this app")
-        args, kwargs = serialization.loads(row.args), serialization.loads(row.kwargs)
+        args, kwargs = payload.decode_arguments(payload.worker_policy(self), row, {})
         push(Request(id=row.id, task=row.task, args=args, kwargs=kwargs, queue=row.queue,
                      priority=row.priority, root_id=row.root_id or row.id,
                      parent_id=row.parent_id, group_id=row.group_id, called_directly=False,
@@ -454,6 +454,23 @@ class App:
         key = name or f"{sig['task']}{tuple(sig['args'])!r}"
         self.periodic_tasks[key] = (schedule, sig)
         return key
+
+    def setup_security(self, allowed_serializers: Any = None, key: Any = None,
+                       key_password: Any = None, cert: Any = None, store: Any = None,
+                       digest: Any = None, serializer: Any = None, *,
+                       hmac_key: Any = None) -> None:
+        """Celery's `app.setup_security()`: sign what this app sends (`key`: an Ed25519
+        private key, or `hmac_key`) and require signed jobs in its workers (verified with
+        the public keys in `store`, or `hmac_key`). `cert` and `digest` are accepted and
+        unused; `allowed_serializers`/`serializer` set accept_content/task_serializer."""
+        from pgq import security
+
+        if allowed_serializers is not None:
+            self.conf.update(accept_content=allowed_serializers)
+        if serializer is not None:
+            self.conf.update(task_serializer=serializer)
+        security.setup(self, key=key, key_password=key_password, store=store,
+                       hmac_key=hmac_key)
 
     def get_task(self, name: str) -> Task:
         """The registered task `name`; raises `NotRegistered` if there is none."""

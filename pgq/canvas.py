@@ -127,17 +127,24 @@ class Signature(dict[str, Any]):
 def signature(value: Mapping[str, Any] | str, *args: Any, **kwargs: Any) -> Signature:
     """Rebuild a signature from its dict form (or build one from a task name)."""
     if isinstance(value, Mapping):
+        app = getattr(value, "_app", None)  # a Signature object keeps the app it was made by
         kind = value.get("subtask_type")
         if kind == "chain":
-            return chain(*[signature(s) for s in value["kwargs"]["tasks"]])
+            return chain(*[signature(s) for s in value["kwargs"]["tasks"]], app=app)
         if kind == "group":
-            return group([signature(s) for s in value["kwargs"]["tasks"]])
+            return group([signature(s) for s in value["kwargs"]["tasks"]], app=app)
         if kind == "chord":
             body = value["kwargs"].get("body")
             return chord([signature(s) for s in value["kwargs"]["header"]],
-                         signature(body) if body else None)
-        return Signature(value)
+                         signature(body) if body else None, app=app)
+        return Signature(value, app=app)
     return Signature(value, *args, **kwargs)
+
+
+def _app_of(members: Iterable[Signature | None], app: App | None) -> App | None:
+    """A workflow belongs to the app given, else to the app of its first member that has
+    one (as in Celery), and only then to the most recently created App."""
+    return app or next((m._app for m in members if m is not None and m._app), None)
 
 
 def _start(sig: Signature, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
@@ -161,7 +168,8 @@ class chain(Signature):
             tasks[0], Mapping) else tasks
         for task in items:
             flat.extend(task.tasks if isinstance(task, chain) else [signature(task)])
-        super().__init__("pgq.chain", (), {"tasks": flat}, subtask_type="chain", app=app)
+        super().__init__("pgq.chain", (), {"tasks": flat}, subtask_type="chain",
+                         app=_app_of(flat, app))
 
     @property
     def tasks(self) -> list[Signature]:
@@ -195,8 +203,9 @@ class group(Signature):
     def __init__(self, *tasks: Signature | Iterable[Signature], app: App | None = None) -> None:
         items: Iterable[Any] = tasks[0] if len(tasks) == 1 and not isinstance(
             tasks[0], Mapping) else tasks
-        super().__init__("pgq.group", (), {"tasks": [signature(t) for t in items]},
-                         subtask_type="group", app=app)
+        members = [signature(t) for t in items]
+        super().__init__("pgq.group", (), {"tasks": members}, subtask_type="group",
+                         app=_app_of(members, app))
 
     @property
     def tasks(self) -> list[Signature]:
@@ -225,9 +234,10 @@ class chord(Signature):
                  body: Signature | None = None, app: App | None = None) -> None:
         if isinstance(header, Mapping) and header.get("subtask_type") == "group":
             header = signature(header).tasks  # type: ignore[attr-defined]
-        super().__init__("pgq.chord", (), {"header": [signature(t) for t in header],
-                                            "body": signature(body) if body else None},
-                         subtask_type="chord", app=app)
+        members = [signature(t) for t in header]
+        body_sig = signature(body) if body else None
+        super().__init__("pgq.chord", (), {"header": members, "body": body_sig},
+                         subtask_type="chord", app=_app_of([*members, body_sig], app))
 
     @property
     def tasks(self) -> list[Signature]:

@@ -164,6 +164,7 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
 
     app = obj.app(app_spec, dsn)
     app.import_modules()
+    _check_security(app)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
                   metrics_port=metrics_port,
@@ -173,6 +174,15 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
                   prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,
                   soft_time_limit=soft_time_limit).run()
     sys.exit(code)
+
+
+def _check_security(app: Any) -> None:
+    """Bad keys fail the worker at start, not each job; a worker that must verify but cannot
+    sign what it enqueues is warned."""
+    from pgq import security
+
+    for warning in security.check_worker_config(app):
+        logging.getLogger("pgq.worker").warning("%s", warning)
 
 
 @main.command()
@@ -240,8 +250,9 @@ def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_active)
-    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR"],
-                [(r[0], r[1], r[2], r[3], r[4], _age(r[5])) for r in rows], "no active jobs")
+    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR", "PAYLOAD"],
+                [(r[0], r[1], r[2], r[3], r[4], _age(r[5]), _payload(r[6:])) for r in rows],
+                "no active jobs")
 
 
 @inspect.command("scheduled")
@@ -264,7 +275,8 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
     _print_rows(["SCHEDULE", "TASK", "EVERY", "TZ", "ENABLED", "LAST RUN", "NEXT RUN"],
                 schedules, "no periodic schedules")
     click.echo()
-    _print_rows(["ID", "TASK", "QUEUE", "ETA"], waiting, "no jobs waiting for an eta")
+    _print_rows(["ID", "TASK", "QUEUE", "ETA", "PAYLOAD"],
+                [(*r[:4], _payload(r[4:])) for r in waiting], "no jobs waiting for an eta")
 
 
 @inspect.command("registered")
@@ -306,8 +318,8 @@ def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: i
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_failed, {"limit": limit})
-    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR"], rows,
-                "no failed jobs")
+    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR", "PAYLOAD"],
+                [(*r[:6], _payload(r[6:])) for r in rows], "no failed jobs")
 
 
 @main.command()
@@ -341,6 +353,25 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
     for where in [app.dsn] if (dsn or obj.dsn) else app.databases():
         upgrade(where, target)
     click.echo(f"pgq schema {target!r} is up to date")
+
+
+def _payload(columns: Any) -> str:
+    """`msgpack+zlib 1.2 kB (41.0 kB raw), hmac-sha256` from a job_payloads row's columns."""
+    from pgq.payload import describe
+
+    content_type, compression, scheme, stored, raw = columns
+    label = f"{describe(content_type, compression)} {_bytes(stored)}"
+    if raw is not None and raw != stored:
+        label += f" ({_bytes(raw)} raw)"
+    return f"{label}, {scheme}" if scheme else label
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:

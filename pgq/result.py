@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pgq import serialization
+from pgq import payload, serialization
 from pgq.db.connection import execute
 from pgq.db.listener import Listener
 from pgq.errors import TaskRevokedError, TimeoutError
@@ -94,13 +94,13 @@ class _Row:
             self.exc_type or "Exception", self.exc_message or "", args, self.traceback
         )
 
-    def value(self) -> Any:
+    def value(self, app: App) -> Any:
         if self.state in EXCEPTION_STATES:
             return self.exception()
         if self.state == "STARTED":
             return serialization.from_db(self.meta)
         if self.state == "SUCCESS":
-            return serialization.from_db(self.result)
+            return payload.decode_result(app, self.result)
         return None
 
 
@@ -176,7 +176,7 @@ class AsyncResult:
         row = self._row()
         if row.state == "FAILURE":
             return self._exception(row)
-        return row.value()
+        return row.value(self.app)
 
     info = result
     """Alias of `result`."""
@@ -242,7 +242,7 @@ class AsyncResult:
         """
         row = self.app.wait_for([self.id], timeout, lambda: self._row(), self._databases())
         if row.state == "SUCCESS":
-            return row.value()
+            return row.value(self.app)
         exc = self._exception(row)
         if propagate:
             raise exc

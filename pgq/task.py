@@ -21,7 +21,7 @@ TASK_OPTIONS = (
     "name", "queue", "priority", "max_retries", "default_retry_delay", "autoretry_for",
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "time_limit",
     "soft_time_limit", "rate_limit", "acks_late", "ignore_result", "expires", "bind", "unique",
-    "serializer", "typing", "track_started", "throws", "shared",
+    "serializer", "compression", "typing", "track_started", "throws", "shared",
 )
 
 
@@ -50,6 +50,7 @@ class Task:
     bind: bool = False
     unique: bool = False
     serializer: str | None = None
+    compression: str | None = None
     typing: bool = True
     track_started: bool = True
     throws: tuple[type[BaseException], ...] = ()
@@ -262,5 +263,21 @@ def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[
     if "autoretry_for" in attrs:
         attrs["autoretry_for"] = tuple(attrs["autoretry_for"])
     rate_interval(attrs.get("rate_limit"))  # a bad rate limit fails at registration
+    _check_payload_options(attrs)
     cls = type(fn.__name__, (base,), attrs)
     return cls()  # type: ignore[no-any-return]
+
+
+def _check_payload_options(attrs: dict[str, Any]) -> None:
+    """An unknown serializer or compression name fails at registration, not at send."""
+    from pgq.errors import ConfigurationError
+    from pgq.payload import compression, serializer_names
+
+    name = attrs.get("serializer")
+    if name is not None and name not in serializer_names():
+        raise ConfigurationError(f"unknown serializer {name!r} on task {attrs['name']!r}: "
+                                 f"use one of json, msgpack, yaml, pickle")
+    try:
+        compression(attrs.get("compression"))
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc} (on task {attrs['name']!r})") from None
