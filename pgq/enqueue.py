@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
-from pgq import payload, serialization, signals
+from pgq import payload, routing, serialization, signals
 from pgq import request as request_context
 from pgq.db.connection import dbapi_connection, execute
 from pgq.errors import InvalidOption
@@ -238,14 +238,21 @@ def _unique_key(name: str, task: Task | None, encoded: payload.Encoded, args: li
     return None
 
 
-def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str]:
+def insert(app: App, rows: Sequence[JobRow], connection: Any = None, *,
+           route: bool = True) -> list[str]:
     """Insert `rows` in one statement; return the id that stands for each row (for a unique
-    key that was already queued, the id of the job already there)."""
+    key that was already queued, the id of the job already there). The rows go to their
+    queue's database (`queue_databases`); `route=False`: the worker carrying a workflow
+    forward on its own connection, where the workflow was checked to live."""
     if not rows:
         return []
+    dsn = routing.database_of(app, rows) if route else None
     if connection is not None:
-        return _insert_on(app, dbapi_connection(connection), rows)
-    with app.pool.connection() as conn:
+        conn = dbapi_connection(connection)
+        if dsn is not None:
+            routing.check_connection(app, conn, dsn)
+        return _insert_on(app, conn, rows)
+    with app.pool_for(dsn or app.dsn).connection() as conn:
         return _insert_on(app, conn, rows)
 
 
@@ -257,11 +264,14 @@ def insert_plan(app: App, jobs: Sequence[JobRow], chords: Sequence[Any],
     """Insert a workflow's job rows and chord rows atomically."""
     if not chords:  # one statement is atomic on its own
         return insert(app, jobs, connection)
+    dsn = routing.database_of(app, jobs, chords)
     if connection is not None:
         conn = dbapi_connection(connection)
+        if dsn is not None:
+            routing.check_connection(app, conn, dsn)
         insert_chords(app, conn, chords)
         return _insert_on(app, conn, jobs)
-    with app.pool.connection() as conn, conn.transaction():
+    with app.pool_for(dsn or app.dsn).connection() as conn, conn.transaction():
         insert_chords(app, conn, chords)
         return _insert_on(app, conn, jobs)
 
