@@ -32,7 +32,7 @@ class CrossDatabaseWorkflow(PgqError, ValueError):
 
 
 def routes(app: App) -> Mapping[str, str]:
-    return app.conf.queue_databases or {}  # type: ignore[no-any-return]
+    return app.conf.queue_databases or {}
 
 
 def database_for(app: App, queue: str) -> str | None:
