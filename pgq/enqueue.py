@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -233,12 +233,7 @@ def _unique_key(
 def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str]:
     """Insert `rows` in one statement; return the id that stands for each row (for a unique
     key that was already queued, the id of the job already there)."""
-    if not rows:
-        return []
-    if connection is not None:
-        return _insert_on(app, dbapi_connection(connection), rows)
-    with app.pool.connection() as conn:
-        return _insert_on(app, conn, rows)
+    return insert_plan(app, rows, (), connection)
 
 
 COPY_THRESHOLD = 100
@@ -247,56 +242,102 @@ COPY_THRESHOLD = 100
 def insert_plan(app: App, jobs: Sequence[JobRow], chords: Sequence[Any],
                 connection: Any = None) -> list[str]:
     """Insert a workflow's job rows and chord rows atomically."""
-    if not chords:  # one statement is atomic on its own
-        return insert(app, jobs, connection)
+    if not jobs and not chords:
+        return []
     if connection is not None:
         conn = dbapi_connection(connection)
-        insert_chords(app, conn, chords)
-        return _insert_on(app, conn, jobs)
-    with app.pool.connection() as conn, conn.transaction():
-        insert_chords(app, conn, chords)
-        return _insert_on(app, conn, jobs)
+        return run_steps(conn, plan_steps(app, jobs, chords, _can_copy(conn)))
+    with app.pool.connection() as conn:
+        steps = plan_steps(app, jobs, chords, can_copy=True)
+        if not chords:  # one statement is atomic on its own
+            return run_steps(conn, steps)
+        with conn.transaction():
+            return run_steps(conn, steps)
 
 
 def insert_chords(app: App, conn: Any, chords: Sequence[Any]) -> None:
     if chords:
-        execute(conn, app.queries.insert_chords, {
-            "ids": [c.id for c in chords],
-            "pendings": [len(c.header_ids) for c in chords],
-            "header_ids": ["{" + ",".join(c.header_ids) + "}" for c in chords],
-            "bodies": [c.body for c in chords],
-            "body_ids": [c.body_id for c in chords],
-            "options": [c.options for c in chords],
-        })
+        execute(conn, *_chords_statement(app, chords))
 
 
-def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
-    if len(rows) == 1:
-        inserted = _insert_one(app, conn, rows[0])
-    elif (len(rows) >= COPY_THRESHOLD and isinstance(conn, psycopg.Connection)
-          and not any(r.unique_key or r.chosen_id for r in rows)):
-        _copy_rows(app, conn, rows)
-        return [r.id for r in rows]
+# --- the statements of an insert, apart from how they run (sync here, async in pgq.aio) ----
+
+
+class Copy(NamedTuple):
+    """A step that COPYs `rows` (tuples) with `query` instead of executing a statement."""
+
+    query: str
+    rows: Iterable[tuple[Any, ...]]
+
+
+Step = tuple[str, Mapping[str, Any]] | Copy
+Steps = Generator[Step, list[tuple[Any, ...]], list[str]]
+
+
+def plan_steps(app: App, jobs: Sequence[JobRow], chords: Sequence[Any], can_copy: bool
+               ) -> Steps:
+    """The statements that insert `chords` and `jobs`; each step receives its rows back, and
+    the generator returns the id that stands for each job row."""
+    if chords:
+        yield _chords_statement(app, chords)
+    if not jobs:
+        return []
+    if len(jobs) == 1:
+        inserted = {str(r[0]) for r in (yield app.queries.enqueue_one, _one_params(jobs[0]))}
+    elif (can_copy and len(jobs) >= COPY_THRESHOLD
+          and not any(r.unique_key or r.chosen_id for r in jobs)):
+        yield Copy(app.queries.enqueue_copy, _copy_values(jobs))
+        return [r.id for r in jobs]
     else:
-        inserted = {str(row[0]) for row in execute(conn, app.queries.enqueue, _arrays(rows))}
-    ids = [r.id for r in rows]
-    skipped_keys = [r.unique_key for r in rows if r.id not in inserted and r.unique_key]
+        inserted = {str(r[0]) for r in (yield app.queries.enqueue, _arrays(jobs))}
+    ids = [r.id for r in jobs]
+    skipped_keys = [r.unique_key for r in jobs if r.id not in inserted and r.unique_key]
     if skipped_keys:
         existing = {key: str(job_id) for key, job_id in
-                    execute(conn, app.queries.find_unique, {"keys": skipped_keys})}
+                    (yield app.queries.find_unique, {"keys": skipped_keys})}
         ids = [existing.get(r.unique_key, r.id) if r.id not in inserted and r.unique_key
-               else r.id for r in rows]
+               else r.id for r in jobs]
     return ids
 
 
-def _insert_one(app: App, conn: Any, row: JobRow) -> set[str]:
-    params = {
+def run_steps(conn: Any, steps: Steps) -> list[str]:
+    """Run `steps` on a DB-API connection."""
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, Copy):
+                with conn.cursor().copy(step.query) as copy:
+                    for values in step.rows:
+                        copy.write_row(values)
+                step = steps.send([])
+            else:
+                step = steps.send(execute(conn, *step))
+    except StopIteration as done:
+        return list(done.value)
+
+
+def _can_copy(conn: Any) -> bool:
+    return isinstance(conn, psycopg.Connection)
+
+
+def _chords_statement(app: App, chords: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    return app.queries.insert_chords, {
+        "ids": [c.id for c in chords],
+        "pendings": [len(c.header_ids) for c in chords],
+        "header_ids": ["{" + ",".join(c.header_ids) + "}" for c in chords],
+        "bodies": [c.body for c in chords],
+        "body_ids": [c.body_id for c in chords],
+        "options": [c.options for c in chords],
+    }
+
+
+def _one_params(row: JobRow) -> dict[str, Any]:
+    return {
         "id": row.id, "task": row.task, "queue": row.queue, "priority": row.priority,
         "args": row.args, "kwargs": row.kwargs, "options": row.options, "run_at": row.run_at,
         "expires_at": row.expires_at, "unique_key": row.unique_key, "root_id": row.root_id,
         "parent_id": row.parent_id, "group_id": row.group_id,
     }
-    return {str(r[0]) for r in execute(conn, app.queries.enqueue_one, params)}
 
 
 def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
@@ -317,10 +358,9 @@ def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
     }
 
 
-def _copy_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow]) -> None:
+def _copy_values(rows: Sequence[JobRow]) -> Iterator[tuple[Any, ...]]:
     now = datetime.now(UTC)
-    with conn.cursor().copy(app.queries.enqueue_copy) as copy:
-        for r in rows:
-            copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
-                            r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
-                            r.parent_id, r.group_id))
+    for r in rows:
+        yield (r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
+               r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id, r.parent_id,
+               r.group_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import signal
@@ -13,8 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pgq import loops, serialization
 from pgq import request as request_context
-from pgq import serialization
 from pgq.errors import (
     EncodeError,
     NotRegistered,
@@ -23,10 +24,10 @@ from pgq.errors import (
     WorkerLostError,
 )
 from pgq.request import Request
+from pgq.task import Task
 
 if TYPE_CHECKING:
     from pgq.app import App
-    from pgq.task import Task
 
 
 log = logging.getLogger("pgq.worker")
@@ -163,8 +164,7 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
     soft_limit = options.get("soft_time_limit") or task.soft_time_limit or default_soft_limit
     request_context.push(request)
     try:
-        with soft_time_limit(soft_limit):
-            value = task.run(*args, **kwargs)
+        value = run_body(task, args, kwargs, soft_limit)
         runtime_ms = (time.perf_counter() - started) * 1000
         ignore = options.get("ignore_result",
                              task.ignore_result or app.conf.task_ignore_result)
@@ -182,6 +182,20 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
         return outcome
     finally:
         request_context.pop()
+
+
+def run_body(task: Task, args: list[Any], kwargs: dict[str, Any],
+             soft_limit: float | None) -> Any:
+    """Call the task's body: through its own `__call__` when a Task subclass defines one (as
+    Celery does: Flask's app-context pattern relies on it), and an `async def` body on this
+    thread's event loop."""
+    call = task.run
+    if type(task).__call__ is not Task.__call__:
+        call = functools.partial(request_context.worker_call, task)
+    if inspect.iscoroutinefunction(task.run):
+        return loops.run(call(*args, **kwargs), soft_limit)
+    with soft_time_limit(soft_limit):
+        return call(*args, **kwargs)
 
 
 def takes_request_exc_traceback(app: App, sig: Any) -> bool:
