@@ -145,7 +145,7 @@ def test_aget_is_woken_by_notify(app: Any, start_worker: Any, db: Any) -> None:
 
     async def main() -> tuple[Any, float]:
         result = await sleep.adelay(1.2)
-        value = await result.aget(timeout=10)
+        await result.aget(timeout=10)
         return result, time.time()
 
     try:
@@ -181,9 +181,9 @@ def test_aget_failure_timeout_and_revoke(app: Any, start_worker: Any) -> None:
 
 
 def test_blocking_and_async_connections_are_not_mixed(app: Any, db: Any, dsn: str) -> None:
-    with psycopg.connect(dsn) as conn:
-        with pytest.raises(pgq.ConfigurationError, match="blocking connection"):
-            run(add.aapply_async((1, 1), connection=conn))
+    with psycopg.connect(dsn) as conn, pytest.raises(pgq.ConfigurationError,
+                                                    match="blocking connection"):
+        run(add.aapply_async((1, 1), connection=conn))
 
     async def sync_call_on_async_connection() -> None:
         async with await psycopg.AsyncConnection.connect(dsn) as aconn:

@@ -129,6 +129,6 @@ def test_task_cls_is_the_default_base(dsn: str) -> None:
     assert isinstance(named.task(lambda: None, name="x"), async_tasks.MarkingTask)
     with pytest.raises(pgq.ConfigurationError, match="task_cls"):
         App("bad", dsn=dsn, task_cls="apps.async_tasks:Nope")
-    with pytest.raises(pgq.ConfigurationError, match="subclass of pgq.Task"):
+    with pytest.raises(pgq.ConfigurationError, match=r"subclass of pgq\.Task"):
         App("bad", dsn=dsn, task_cls=dict)
     assert os.environ.get("PGQ_TEST_WRAPPED") is None

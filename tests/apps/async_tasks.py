@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 from apps.basic import app
-
 from pgq import Task
 
 
