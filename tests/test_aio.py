@@ -210,13 +210,19 @@ def test_unreachable_database_is_one_clear_error(dsn: str) -> None:
 
 def test_a_closed_loop_leaves_no_connection_open(app: Any, db: Any) -> None:
     """A script calling asyncio.run() over and over (never aclose()) holds one pool at most:
-    each new loop closes the connections of the pools whose loop has gone."""
-    def backends() -> int:
-        return int(db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                              "current_database() AND application_name = ''").fetchone()[0])
+    the next call closes the connections of pools whose loop has gone."""
+    from conftest import wait_until
+
+    from pgq import aio
+
+    def live_backends(pids: list[int]) -> int:
+        return int(db.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                              (pids,)).fetchone()[0])
 
     run(add.adelay(1, 1))
-    before = backends()
-    for _ in range(5):
-        run(add.adelay(1, 1))
-    assert backends() <= before
+    (gone,) = [e for e in aio._pools.values() if e.app() is app]
+    pids = [c.info.backend_pid for c in gone.conns]
+    assert pids and live_backends(pids) == len(pids)
+    run(add.adelay(1, 1))
+    assert [e for e in aio._pools.values() if e.app() is app] != [gone]
+    wait_until(lambda: live_backends(pids) == 0, timeout=5, what="abandoned backends to end")
