@@ -72,6 +72,26 @@ class _LoopPool:
         self.pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self.opening = asyncio.Lock()
         self.conns: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+        self.guard: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self.guard is not None and self.guard is not asyncio.current_task():
+            self.guard.cancel()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def guard_shutdown(self) -> None:
+        """Close the pool when asyncio.run() (or any runner) cancels the loop's tasks at its
+        end. Left open, psycopg_pool's workers would take the cancellation of a connection
+        attempt for a failed attempt and retry it, and the runner would wait for ever."""
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            with _pools_lock:
+                if _pools.get((id(self.loop), id(self.app()))) is self:
+                    del _pools[(id(self.loop), id(self.app()))]
+            await self.close()
+            raise
 
     async def track(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conns.add(conn)
@@ -110,6 +130,8 @@ async def _pool(app: App) -> psycopg_pool.AsyncConnectionPool[Any]:
         async with entry.opening:
             if entry.pool is None:
                 entry.pool = await _open_pool(app, entry)
+                entry.guard = asyncio.get_running_loop().create_task(
+                    entry.guard_shutdown(), name="pgq-async-pool-guard")
     return entry.pool
 
 
@@ -141,8 +163,8 @@ async def close(app: App) -> None:
     """Close the app's async pool of the running loop (a FastAPI lifespan's shutdown)."""
     with _pools_lock:
         entry = _pools.pop((id(asyncio.get_running_loop()), id(app)), None)
-    if entry is not None and entry.pool is not None:
-        await entry.pool.close()
+    if entry is not None:
+        await entry.close()
 
 
 async def fetch(conn: psycopg.AsyncConnection[Any], query: str,

@@ -226,3 +226,17 @@ def test_a_closed_loop_leaves_no_connection_open(app: Any, db: Any) -> None:
     run(add.adelay(1, 1))
     assert [e for e in aio._pools.values() if e.app() is app] != [gone]
     wait_until(lambda: live_backends(pids) == 0, timeout=5, what="abandoned backends to end")
+
+
+def test_asyncio_run_ends_with_the_pool_open(app: Any) -> None:
+    """asyncio.run() cancels every task at its end; psycopg_pool's workers retry a cancelled
+    connection attempt, so an open pool made the runner wait for ever (1 run in ~100 here).
+    The pool's guard closes it instead."""
+    import subprocess
+    import sys
+
+    script = ("import asyncio\nfrom apps.basic import add\n"
+              "for _ in range(150):\n    asyncio.run(add.adelay(1, 1))\nprint('done')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=90)
+    assert done.stdout.strip() == "done", done.stderr[-2000:]
