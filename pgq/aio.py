@@ -77,8 +77,11 @@ class _LoopPool:
     async def close(self) -> None:
         if self.guard is not None and self.guard is not asyncio.current_task():
             self.guard.cancel()
-        if self.pool is not None:
-            await self.pool.close()
+        try:
+            if self.pool is not None:
+                await self.pool.close()
+        finally:
+            self.abandon()  # what the pool did not close (it may not, as its loop winds down)
 
     async def guard_shutdown(self) -> None:
         """Close the pool when asyncio.run() (or any runner) cancels the loop's tasks at its
@@ -90,18 +93,20 @@ class _LoopPool:
             with _pools_lock:
                 if _pools.get((id(self.loop), id(self.app()))) is self:
                     del _pools[(id(self.loop), id(self.app()))]
-            await self.close()
+            with contextlib.suppress(asyncio.CancelledError):  # its workers' cancellation
+                await self.close()
             raise
 
     async def track(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conns.add(conn)
 
     def abandon(self) -> None:
-        """The loop closed without `aclose()`: its pool can no longer run, so close its
-        connections directly rather than leave them open until the process ends."""
+        """Close the connections directly (the loop closed without `aclose()`: the pool can no
+        longer run) rather than leave them open until the process ends."""
         for conn in list(self.conns):
-            with contextlib.suppress(Exception):
-                conn.pgconn.finish()
+            if not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.pgconn.finish()
 
 
 # One pool per (event loop, app): a pool's connections belong to the loop that opened them.
