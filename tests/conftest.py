@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from apps.basic import app as basic_app  # noqa: E402
 
+import pgq.app as pgq_app_module  # noqa: E402
+
 basic_app.migrate()
 
 
@@ -61,6 +63,9 @@ def app() -> Iterator[Any]:
     """The test app, with an empty queue and no workers left from earlier tests."""
     with psycopg.connect(os.environ["PGQ_DSN"], autocommit=True) as conn:
         conn.execute("TRUNCATE pgq.jobs, pgq.workers, pgq.chords, pgq.rate_limits")
+    # Signatures and AsyncResults made without app= use the newest App: tests that create
+    # other apps (another role's DSN, an example's) must not leave theirs behind.
+    pgq_app_module._current = basic_app
     yield basic_app
 
 

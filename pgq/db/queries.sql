@@ -87,19 +87,27 @@ WITH candidates AS (
 ), picked AS (
     SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
+), claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+        worker_id = %(worker)s,
+        attempts = j.attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+        rate_reserved = false
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
+              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority,
+              j.eta, j.retries, j.attempts, j.root_id::text AS root_id,
+              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
+              picked.rate_reserved, j.run_at
 )
-UPDATE {schema}.jobs AS j
-SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
-    worker_id = %(worker)s,
-    attempts = j.attempts + 1,
-    started_at = now(),
-    finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
-    rate_reserved = false
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id::text, j.task, j.state, j.args::text, j.kwargs::text, j.options::text, j.queue,
-          j.priority, j.eta, j.retries, j.attempts, j.root_id::text, j.parent_id::text,
-          j.group_id::text, picked.rate_reserved
+-- UPDATE ... RETURNING comes in the join's order, not the claim's: a worker that takes
+-- several jobs runs them in this order, so restore it.
+SELECT id, task, state, args, kwargs, options, queue, priority, eta, retries, attempts,
+       root_id, parent_id, group_id, rate_reserved
+FROM claimed ORDER BY priority DESC, run_at, id
 
 -- name: complete
 -- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
