@@ -124,15 +124,21 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Where jobs run (default: worker_pool, prefork).")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1))
-@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB")
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1))
-@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S")
-@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a child process after it ran N jobs.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a child process once its memory (RSS) exceeds KIB.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1),
+              help="Hold at most concurrency x N jobs (default: sized from run times).")
+@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S",
+              help="Hard time limit for tasks that set none: the child is killed.")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S",
+              help="Soft time limit for tasks that set none: SoftTimeLimitExceeded.")
 @click.option("-B", "--beat", is_flag=True, help="Also run the scheduler in this worker.")
 @click.option("-n", "--hostname", help="Name shown in self.request.hostname and worker_status "
               "(%h, %n, %d expand as in Celery).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
@@ -145,18 +151,20 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
            time_limit: float | None, soft_time_limit: float | None, beat: bool,
            hostname: str | None, loglevel: str, log_format: str,
            metrics_port: int | None) -> None:
-    """Run a worker.
+    """Run a worker: claim jobs of its queues and run them in a pool.
+
+    Examples:
 
     \b
-    Examples:
-      pgq worker -A shop.tasks -c 4
-      pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
+        pgq worker -A shop.tasks -c 4
+        pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
     """
     _setup_logging(loglevel, log_format)
     from pgq.worker.supervisor import Worker
 
     app = obj.app(app_spec, dsn)
     app.import_modules()
+    _check_security(app)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
                   metrics_port=metrics_port,
@@ -168,20 +176,32 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
     sys.exit(code)
 
 
+def _check_security(app: Any) -> None:
+    """Bad keys fail the worker at start, not each job; a worker that must verify but cannot
+    sign what it enqueues is warned."""
+    from pgq import security
+
+    for warning in security.check_worker_config(app):
+        logging.getLogger("pgq.worker").warning("%s", warning)
+
+
 @main.command()
 @app_option
 @dsn_option
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR.")
 @click.pass_obj
 @_errors
 def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> None:
-    """Run the scheduler: enqueue periodic tasks when due. Run as many as you like: each due
-    run is enqueued once.
+    """Run the scheduler: enqueue periodic tasks when due.
+
+    Run as many as you like: each due run is enqueued once.
+
+    Examples:
 
     \b
-    Examples:
-      pgq beat -A shop.tasks
-      pgq worker -A shop.tasks -B      # the same, inside a worker
+        pgq beat -A shop.tasks
+        pgq worker -A shop.tasks -B      # the same, inside a worker
     """
     import signal as signals
 
@@ -202,10 +222,11 @@ def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> 
 def inspect() -> None:
     """Look at jobs, schedules and tasks: active, scheduled, registered, failed.
 
-    \b
     Examples:
-      pgq inspect active -A shop.tasks
-      pgq -A shop.tasks inspect failed --limit 50
+
+    \b
+        pgq inspect active -A shop.tasks
+        pgq -A shop.tasks inspect failed --limit 50
     """
 
 
@@ -221,15 +242,17 @@ def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
 def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Jobs running now, with the worker running each.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect active -A shop.tasks
+        pgq inspect active -A shop.tasks
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_active)
-    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR"],
-                [(r[0], r[1], r[2], r[3], r[4], _age(r[5])) for r in rows], "no active jobs")
+    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR", "PAYLOAD"],
+                [(r[0], r[1], r[2], r[3], r[4], _age(r[5]), _payload(r[6:])) for r in rows],
+                "no active jobs")
 
 
 @inspect.command("scheduled")
@@ -240,9 +263,10 @@ def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
 def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Periodic schedules (last and next run) and jobs waiting for their eta.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect scheduled -A shop.tasks
+        pgq inspect scheduled -A shop.tasks
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
@@ -251,7 +275,8 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
     _print_rows(["SCHEDULE", "TASK", "EVERY", "TZ", "ENABLED", "LAST RUN", "NEXT RUN"],
                 schedules, "no periodic schedules")
     click.echo()
-    _print_rows(["ID", "TASK", "QUEUE", "ETA"], waiting, "no jobs waiting for an eta")
+    _print_rows(["ID", "TASK", "QUEUE", "ETA", "PAYLOAD"],
+                [(*r[:4], _payload(r[4:])) for r in waiting], "no jobs waiting for an eta")
 
 
 @inspect.command("registered")
@@ -262,9 +287,10 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
 def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Tasks the app (-A) registers, with their queue and options.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect registered -A shop.tasks:app
+        pgq inspect registered -A shop.tasks:app
     """
     app = obj.app(app_spec, dsn)
     app.import_modules()
@@ -278,21 +304,22 @@ def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> N
 @inspect.command("failed")
 @app_option
 @dsn_option
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="Show at most this many.")
 @click.pass_obj
 @_errors
 def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
     """The most recent failed jobs.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect failed -A shop.tasks --limit 50
+        pgq inspect failed -A shop.tasks --limit 50
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_failed, {"limit": limit})
-    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR"], rows,
-                "no failed jobs")
+    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR", "PAYLOAD"],
+                [(*r[:6], _payload(r[6:])) for r in rows], "no failed jobs")
 
 
 @main.command()
@@ -306,10 +333,11 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
             sql: bool) -> None:
     """Bring the database schema to the newest version (safe to run twice, or at once).
 
-    \b
     Examples:
-      pgq migrate --dsn postgresql://localhost/shop
-      pgq migrate --sql > pgq.sql
+
+    \b
+        pgq migrate --dsn postgresql://localhost/shop
+        pgq migrate --sql > pgq.sql
     """
     from pgq.migrate import upgrade
 
@@ -323,6 +351,25 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
         click.echo(out, nl=False)
     else:
         click.echo(f"pgq schema {target!r} is up to date")
+
+
+def _payload(columns: Any) -> str:
+    """`msgpack+zlib 1.2 kB (41.0 kB raw), hmac-sha256` from a job_payloads row's columns."""
+    from pgq.payload import describe
+
+    content_type, compression, scheme, stored, raw = columns
+    label = f"{describe(content_type, compression)} {_bytes(stored)}"
+    if raw is not None and raw != stored:
+        label += f" ({_bytes(raw)} raw)"
+    return f"{label}, {scheme}" if scheme else label
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -357,11 +404,12 @@ def status(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool,
            watch: float | None) -> None:
     """Show queues (jobs per state, oldest waiting, jobs/min) and workers.
 
-    \b
     Examples:
-      pgq status -A shop.tasks
-      pgq status --watch          # refresh every 2 s
-      pgq status --json | jq '.queues'
+
+    \b
+        pgq status -A shop.tasks
+        pgq status --watch          # refresh every 2 s
+        pgq status --json | jq '.queues'
     """
     import time
 
@@ -409,10 +457,11 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
            terminate: bool) -> None:
     """Revoke a job: it never runs (with --terminate: stop it if running).
 
-    \b
     Examples:
-      pgq revoke 6f1c7c3e-…              # not started yet: it never runs
-      pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
+
+    \b
+        pgq revoke 6f1c7c3e-…              # not started yet: it never runs
+        pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
     """
     app = obj.app(app_spec, dsn)
     if app.revoke(job_id, terminate=terminate):
@@ -431,13 +480,15 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
 @_errors
 def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[str, ...],
           failed: bool, queues: str | None) -> None:
-    """Put finished jobs back in their queue under the same id (result cleared, retry count
-    reset).
+    """Put finished jobs back in their queue under the same id.
+
+    The result is cleared and the retry count reset.
+
+    Examples:
 
     \b
-    Examples:
-      pgq retry 6f1c7c3e-…            # one job
-      pgq retry --failed -Q payments  # every failed job of a queue
+        pgq retry 6f1c7c3e-…            # one job
+        pgq retry --failed -Q payments  # every failed job of a queue
     """
     if bool(job_ids) == failed:
         raise PgqError("give job ids or --failed (not both)")
@@ -465,10 +516,11 @@ def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[st
 def prune(obj: Context, app_spec: str | None, dsn: str | None, older_than: str | None) -> None:
     """Delete finished jobs whose results have expired (workers also do this on their own).
 
-    \b
     Examples:
-      pgq prune -A shop.tasks                 # older than result_expires
-      pgq prune --older-than 7d --dsn postgresql://localhost/shop
+
+    \b
+        pgq prune -A shop.tasks                 # older than result_expires
+        pgq prune --older-than 7d --dsn postgresql://localhost/shop
     """
     from pgq.worker.heartbeat import prune as prune_jobs
 
@@ -499,10 +551,11 @@ def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | Non
           yes: bool) -> None:
     """Delete every waiting job (of -Q queues). Asks first unless --yes.
 
-    \b
     Examples:
-      pgq purge -A shop.tasks -Q emails
-      pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
+
+    \b
+        pgq purge -A shop.tasks -Q emails
+        pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
     """
     app = obj.app(app_spec, dsn)
     names = [q.strip() for q in queues.split(",")] if queues else None
@@ -530,10 +583,11 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
           worker_role: str | None, monitor: str | None, create: bool, sql: bool) -> None:
     """Grant least-privilege access to the pgq schema (run after pgq migrate).
 
-    \b
     Examples:
-      pgq grant --producer web --worker jobs --monitor grafana
-      pgq grant --producer web --sql > grants.sql
+
+    \b
+        pgq grant --producer web --worker jobs --monitor grafana
+        pgq grant --producer web --sql > grants.sql
     """
     from pgq.db.grants import grant_statements
 
@@ -556,11 +610,12 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
 def embedded() -> None:
     """The embedded development PostgreSQL in ./.pgq/pgdata.
 
-    \b
     Examples:
-      pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
-      pgq embedded status
-      pgq embedded stop
+
+    \b
+        pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
+        pgq embedded status
+        pgq embedded stop
     """
 
 
@@ -569,9 +624,10 @@ def embedded() -> None:
 def embedded_start() -> None:
     """Start (or reuse) the embedded server and print its DSN.
 
+    Examples:
+
     \b
-    Example:
-      export PGQ_DSN="$(pgq embedded start)"
+        export PGQ_DSN="$(pgq embedded start)"
     """
     from pgq import embedded as emb
 
@@ -583,9 +639,10 @@ def embedded_start() -> None:
 def embedded_stop() -> None:
     """Stop the embedded server.
 
+    Examples:
+
     \b
-    Example:
-      pgq embedded stop
+        pgq embedded stop
     """
     from pgq import embedded as emb
 
@@ -597,9 +654,10 @@ def embedded_stop() -> None:
 def embedded_status() -> None:
     """Print the DSN of the running embedded server, or 'not running'.
 
+    Examples:
+
     \b
-    Example:
-      pgq embedded status
+        pgq embedded status
     """
     from pgq import embedded as emb
 
@@ -615,9 +673,10 @@ def embedded_status() -> None:
 def result(obj: Context, job_id: str, app_spec: str | None, dsn: str | None) -> None:
     """Print a job's state and result.
 
+    Examples:
+
     \b
-    Example:
-      pgq result -A shop.tasks 6f1c7c3e-…
+        pgq result -A shop.tasks 6f1c7c3e-…
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:

@@ -212,6 +212,7 @@ def test_least_privilege_roles(app, dsn, db):
     import psycopg
     from psycopg import conninfo
 
+    from pgq.db.grants import VIEWS
     from pgq.db.queries import queries_for
 
     suffix = os.urandom(3).hex()
@@ -234,7 +235,7 @@ def test_least_privilege_roles(app, dsn, db):
                              "worker": "00000000-0000-0000-0000-000000000000"})
     # The monitor reads the views and nothing else.
     with psycopg.connect(as_role[monitor]) as conn:
-        for view in ("queue_stats", "worker_status", "task_stats", "recent_failures"):
+        for view in VIEWS:  # job_payloads included
             conn.execute(f"SELECT * FROM pgq.{view}").fetchall()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM pgq.jobs")

@@ -14,12 +14,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pgq import loops, serialization
+from pgq import loops, payload, security, serialization
 from pgq import request as request_context
 from pgq.errors import (
+    ContentDisallowed,
     EncodeError,
     NotRegistered,
     Retry,
+    SecurityError,
     SoftTimeLimitExceeded,
     WorkerLostError,
 )
@@ -48,6 +50,11 @@ class Job(NamedTuple):
     root_id: str | None
     parent_id: str | None
     group_id: str | None
+    # NULL for plain JSON jobs (pgq/payload.py, pgq/security.py)
+    content_type: str | None = None
+    compression: str | None = None
+    payload: bytes | None = None
+    signature: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -140,18 +147,19 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
             f"task {job.task!r} is not registered in this worker (check -A and include)"),
             with_traceback=False)
     started = time.perf_counter()
+    policy = payload.worker_policy(app)
     try:
+        if job.signature is not None or policy.require_signature:
+            security.check(app, job)
         options = job_options(job)
         limit = max_retries_for(task, options)
         if limit is not None and job.retries > limit:  # its worker was lost once too often
             return failure(job, WorkerLostError(
                 f"the worker running {job.task} was lost {job.retries} time(s); "
                 f"max_retries is {limit}"), with_traceback=False)
-        args = serialization.loads(job.args)
-        kwargs = serialization.loads(job.kwargs)
-        if options.get("content_type") == "pickle":
-            accept = "pickle" in app.conf.accept_content
-            args, kwargs = serialization.maybe_unpickle(args, accept)
+        args, kwargs = payload.decode_arguments(policy, job, options)
+    except (SecurityError, ContentDisallowed) as exc:  # refused unread: nothing ran
+        return failure(job, exc, with_traceback=False)
     except Exception as exc:
         return failure(job, exc)
     request = Request(
@@ -168,7 +176,7 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
         runtime_ms = (time.perf_counter() - started) * 1000
         ignore = options.get("ignore_result",
                              task.ignore_result or app.conf.task_ignore_result)
-        encoded = None if ignore else serialization.dumps(value, "result")
+        encoded = None if ignore else payload.encode_result(app, policy, value)
         return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms)
     except Retry as signal_retry:
         runtime_ms = (time.perf_counter() - started) * 1000
