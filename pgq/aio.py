@@ -257,7 +257,7 @@ async def fetch_row(result: AsyncResult) -> _Row:
 async def get(result: AsyncResult, timeout: float | None, propagate: bool) -> Any:
     row = await wait(result.app, [result.id], timeout, lambda: fetch_row(result))
     if row.state == "SUCCESS":
-        return row.value()
+        return row.value(result.app)
     # A chord's error reads its cause's row: rare, and done off the loop.
     exc = await asyncio.to_thread(result._exception, row)
     if propagate:
