@@ -2,7 +2,11 @@
 asyncio connection. The caller's connection (`connection=`: a psycopg AsyncConnection, or a
 SQLAlchemy AsyncConnection / AsyncSession on the psycopg driver) gets the rows inside its
 current transaction and is never committed or rolled back here; without one, an
-AsyncConnectionPool of the app's, one per event loop, is used.
+AsyncConnectionPool of the app's, one per event loop and database, is used.
+
+The rules are the sync API's: the same statements (`enqueue.plan_steps`, which also sends the
+publish signals), the same routing of queues to databases (`queue_databases`: rows go to their
+queue's database, a caller's connection must reach it, results are read where the job lives).
 
 Public spellings live on the objects: `await task.adelay(...)`, `task.aapply_async`,
 `app.asend_task`, `app.aenqueue_many`, `sig.aapply_async`, `result.aget` and friends."""
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import psycopg_pool
 
-from pgq import enqueue, workflow
+from pgq import enqueue, routing, workflow
 from pgq.db.connection import DatabaseUnavailable, first_line, redact
 from pgq.errors import ConfigurationError, TimeoutError
 from pgq.result import READY_STATES, AsyncResult, GroupResult, _is_done, _Row
@@ -62,14 +66,14 @@ async def caller_connection(connection: Any) -> psycopg.AsyncConnection[Any]:
 
 
 class _LoopPool:
-    """The app's pool on one event loop, and the connections it opened (so that they can be
-    closed without that loop once it has gone)."""
+    """The app's pools on one event loop (one per database), and the connections they opened
+    (so that they can be closed without that loop once it has gone)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, app: App) -> None:
         self.loop = loop
         self.app = weakref.ref(app)
         self.pid = os.getpid()
-        self.pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self.pools: dict[str, psycopg_pool.AsyncConnectionPool[Any]] = {}  # by DSN
         self.opening = asyncio.Lock()
         self.conns: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
         self.guard: asyncio.Task[None] | None = None
@@ -78,8 +82,8 @@ class _LoopPool:
         if self.guard is not None and self.guard is not asyncio.current_task():
             self.guard.cancel()
         try:
-            if self.pool is not None:
-                await self.pool.close()
+            for pool in list(self.pools.values()):
+                await pool.close()
         finally:
             self.abandon()  # what the pool did not close (it may not, as its loop winds down)
 
@@ -129,19 +133,30 @@ def _entry(app: App) -> _LoopPool:
         return found
 
 
-async def _pool(app: App) -> psycopg_pool.AsyncConnectionPool[Any]:
+async def _pool(app: App, dsn: str | None = None) -> psycopg_pool.AsyncConnectionPool[Any]:
+    """The pool of database `dsn` (default: the app's) on the running loop."""
     entry = _entry(app)
-    if entry.pool is None:
+    dsn = dsn or await _app_dsn(app)
+    pool = entry.pools.get(dsn)
+    if pool is None:
         async with entry.opening:
-            if entry.pool is None:
-                entry.pool = await _open_pool(app, entry)
+            pool = entry.pools.get(dsn)
+            if pool is None:
+                pool = entry.pools[dsn] = await _open_pool(app, entry, dsn)
+            if entry.guard is None:
                 entry.guard = asyncio.get_running_loop().create_task(
                     entry.guard_shutdown(), name="pgq-async-pool-guard")
-    return entry.pool
+    return pool
 
 
-async def _open_pool(app: App, entry: _LoopPool) -> psycopg_pool.AsyncConnectionPool[Any]:
-    dsn = await asyncio.to_thread(lambda: app.dsn)  # may start the embedded server
+async def _app_dsn(app: App) -> str:
+    if app._dsn is None:
+        return await asyncio.to_thread(lambda: app.dsn)  # may start the embedded server
+    return app.dsn
+
+
+async def _open_pool(app: App, entry: _LoopPool, dsn: str
+                     ) -> psycopg_pool.AsyncConnectionPool[Any]:
     kwargs = {"autocommit": True, **app.connect_kwargs()}
     try:  # fail fast, with the same clear message as the sync pool
         await (await psycopg.AsyncConnection.connect(dsn, **kwargs)).close()
@@ -159,8 +174,9 @@ async def _open_pool(app: App, entry: _LoopPool) -> psycopg_pool.AsyncConnection
 
 
 @contextlib.asynccontextmanager
-async def pooled(app: App) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with (await _pool(app)).connection() as conn:
+async def pooled(app: App, dsn: str | None = None
+                 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with (await _pool(app, dsn)).connection() as conn:
         yield conn
 
 
@@ -199,12 +215,16 @@ async def run_steps(conn: psycopg.AsyncConnection[Any], steps: enqueue.Steps) ->
 
 async def insert_plan(app: App, jobs: Sequence[enqueue.JobRow], chords: Sequence[Any],
                       connection: Any = None) -> list[str]:
+    """`enqueue.insert_plan`, awaited: in the rows' queue database (`queue_databases`)."""
     if not jobs and not chords:
         return []
+    dsn = routing.database_of(app, jobs, chords)
     if connection is not None:
         conn = await caller_connection(connection)
+        if dsn is not None:
+            await check_connection(app, conn, dsn)
         return await run_steps(conn, enqueue.plan_steps(app, jobs, chords, can_copy=True))
-    async with pooled(app) as conn:
+    async with pooled(app, dsn) as conn:
         steps = enqueue.plan_steps(app, jobs, chords, can_copy=True)
         if not chords:  # one statement is atomic on its own
             return await run_steps(conn, steps)
@@ -220,7 +240,8 @@ async def send_task(app: App, name: str, args: Sequence[Any] | None = None,
     if app.conf.task_always_eager and connection is None:
         return app._run_eagerly(row, task)
     (job_id,) = await insert_plan(app, [row], (), connection)
-    return AsyncResult(job_id, app=app, task_name=name)
+    return AsyncResult(job_id, app=app, task_name=name,
+                       database=routing.database_for(app, row.queue))
 
 
 async def enqueue_many(app: App, signatures: Iterable[Any], *, connection: Any = None
@@ -229,6 +250,18 @@ async def enqueue_many(app: App, signatures: Iterable[Any], *, connection: Any =
     ids = await insert_plan(app, batch.jobs, batch.chords, connection)
     return [AsyncResult(job_id, app=app, task_name=name)
             for job_id, name in zip(batch.result_ids(ids), batch.names, strict=True)]
+
+
+async def check_connection(app: App, conn: psycopg.AsyncConnection[Any], dsn: str) -> None:
+    """`routing.check_connection` for an async connection."""
+    found = routing.known_identity(conn)
+    if found is None:
+        found = routing.remember_identity(conn, await fetch(conn, routing.IDENTITY_SQL))
+    expected = routing.known_database(dsn)
+    if expected is None:
+        async with pooled(app, dsn) as own:
+            expected = routing.remember_database(dsn, await fetch(own, routing.IDENTITY_SQL))
+    routing.check_identity(app, found, expected, dsn)
 
 
 async def start(sig: Any, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
@@ -246,8 +279,13 @@ async def start(sig: Any, args: Sequence[Any] | None, kwargs: Mapping[str, Any] 
 async def fetch_row(result: AsyncResult) -> _Row:
     if result._cache is not None:
         return result._cache
-    async with pooled(result.app) as conn:
-        rows = await fetch(conn, result.app.queries.get_result, {"id": result.id})
+    rows: list[tuple[Any, ...]] = []
+    for dsn in await _databases(result.app, result._databases):
+        async with pooled(result.app, dsn) as conn:
+            rows = await fetch(conn, result.app.queries.get_result, {"id": result.id})
+        if rows:
+            result._database = dsn
+            break
     row = _Row(rows[0] if rows else None)
     if row.state in READY_STATES:
         result._cache = row
@@ -255,7 +293,8 @@ async def fetch_row(result: AsyncResult) -> _Row:
 
 
 async def get(result: AsyncResult, timeout: float | None, propagate: bool) -> Any:
-    row = await wait(result.app, [result.id], timeout, lambda: fetch_row(result))
+    row = await wait(result.app, [result.id], timeout, lambda: fetch_row(result),
+                     await _databases(result.app, result._databases))
     if row.state == "SUCCESS":
         return row.value(result.app)
     # A chord's error reads its cause's row: rare, and done off the loop.
@@ -265,21 +304,27 @@ async def get(result: AsyncResult, timeout: float | None, propagate: bool) -> An
     return exc
 
 
-async def states(app: App, job_ids: Sequence[str]) -> dict[str, str]:
-    async with pooled(app) as conn:
-        rows = await fetch(conn, app.queries.get_states, {"ids": list(job_ids)})
-    return {str(job_id): state for job_id, state in rows}
+async def states(app: App, job_ids: Sequence[str], databases: Sequence[str]
+                 ) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for dsn in databases:
+        async with pooled(app, dsn) as conn:
+            rows = await fetch(conn, app.queries.get_states, {"ids": list(job_ids)})
+        found.update((str(job_id), state) for job_id, state in rows)
+    return found
 
 
 async def group_ready(group: GroupResult) -> bool:
-    found = await states(group.app, [r.id for r in group.results])
+    found = await states(group.app, [r.id for r in group.results],
+                         await _databases(group.app, group._databases))
     return all(found.get(r.id) in READY_STATES for r in group.results)
 
 
 async def group_get(group: GroupResult, timeout: float | None, propagate: bool) -> list[Any]:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    await wait(group.app, [r.id for r in group.results], timeout, lambda: group_ready(group))
+    await wait(group.app, [r.id for r in group.results], timeout, lambda: group_ready(group),
+               await _databases(group.app, group._databases))
     values = []
     for result in group.results:
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -288,20 +333,32 @@ async def group_get(group: GroupResult, timeout: float | None, propagate: bool) 
 
 
 async def forget(result: AsyncResult) -> None:
-    async with pooled(result.app) as conn:
-        await fetch(conn, result.app.queries.forget, {"id": result.id})
+    for dsn in await _databases(result.app, result._databases):
+        async with pooled(result.app, dsn) as conn:
+            await fetch(conn, result.app.queries.forget, {"id": result.id})
     result._cache = None
 
 
 async def revoke(result: AsyncResult, terminate: bool) -> bool:
     app, q = result.app, result.app.queries
-    async with pooled(app) as conn, conn.transaction():
-        rows = await fetch(conn, q.revoke, {"id": result.id})
-        if rows and terminate:
-            await fetch(conn, q.notify, {"channel": q.control_channel,
-                                         "payload": f"terminate:{result.id}"})
     result._cache = None
-    return bool(rows)
+    for dsn in await _databases(app, result._databases):
+        async with pooled(app, dsn) as conn, conn.transaction():
+            rows = await fetch(conn, q.revoke, {"id": result.id})
+            if rows and terminate:
+                await fetch(conn, q.notify, {"channel": q.control_channel,
+                                             "payload": f"terminate:{result.id}"})
+        if rows:
+            return True
+    return False
+
+
+async def _databases(app: App, databases: Callable[[], list[str]]) -> list[str]:
+    """Where a result's job may be (`databases()`: its own, else every database of the app);
+    off the loop when the app's DSN is not known yet (it may start the embedded server)."""
+    if app._dsn is None:
+        return await asyncio.to_thread(databases)
+    return databases()
 
 
 class _LoopEvent:
@@ -317,18 +374,20 @@ class _LoopEvent:
 
 
 async def wait(app: App, job_ids: Sequence[str], timeout: float | None,
-               check: Callable[[], Awaitable[Any]]) -> Any:
-    """`result.wait_loop` for a coroutine: woken by the process's LISTEN thread through the
-    loop, re-checking on each wake-up and, slowly, on its own; polls without a listener."""
-    waiter = await asyncio.to_thread(app._result_waiter) if _needs_thread(app) \
-        else app._result_waiter()
+               check: Callable[[], Awaitable[Any]], databases: Sequence[str]) -> Any:
+    """`result.wait_loop` for a coroutine: woken by the process's LISTEN threads (one per
+    database of `databases`) through the loop, re-checking on each wake-up and, slowly, on
+    its own; polls where a database has no listener."""
+    waiters = [await asyncio.to_thread(app._result_waiter, dsn) if _needs_thread(app, dsn)
+               else app._result_waiter(dsn) for dsn in databases]
+    listening = [waiter for waiter in waiters if waiter is not None]
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     wake = _LoopEvent()
-    if waiter is not None:
+    for waiter in listening:
         waiter.register(job_ids, wake)
     try:
-        safety = 0.25 if waiter is not None else 0.01
+        safety = 0.25 if listening and len(listening) == len(waiters) else 0.01
         fallback = float(app.conf.result_poll_interval)
         while True:
             wake.event.clear()
@@ -346,10 +405,13 @@ async def wait(app: App, job_ids: Sequence[str], timeout: float | None,
                 await asyncio.wait_for(wake.event.wait(), pause)
             safety = min(safety * 2, fallback)
     finally:
-        if waiter is not None:
+        for waiter in listening:
             waiter.unregister(job_ids, wake)
 
 
-def _needs_thread(app: App) -> bool:
-    """The first wait of a process starts the LISTEN thread (it connects): not on the loop."""
-    return app._waiter is None or app._waiter_pid != os.getpid()
+def _needs_thread(app: App, dsn: str) -> bool:
+    """The first wait on a database starts its LISTEN thread (it connects): not on the
+    loop."""
+    listen_dsn = app.listen_dsn_for(dsn)
+    return listen_dsn is not None and (listen_dsn not in app._waiters
+                                       or app._waiter_pid != os.getpid())

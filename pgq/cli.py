@@ -143,6 +143,12 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics on this port (needs pgq-tasks[metrics]).")
+@click.option("-E", "--task-events/--without-task-events", default=None,
+              help="Publish task events for `pgq events` (default: worker_send_task_events, "
+              "on).")
+@click.option("--without-heartbeat", is_flag=True,
+              help="Publish no worker-online/heartbeat/offline events (the liveness "
+              "heartbeat in the database goes on).")
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
@@ -150,7 +156,8 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
            max_memory_per_child: int | None, prefetch_multiplier: int | None,
            time_limit: float | None, soft_time_limit: float | None, beat: bool,
            hostname: str | None, loglevel: str, log_format: str,
-           metrics_port: int | None) -> None:
+           metrics_port: int | None, task_events: bool | None,
+           without_heartbeat: bool) -> None:
     """Run a worker: claim jobs of its queues and run them in a pool.
 
     Examples:
@@ -172,7 +179,8 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,
                   prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,
-                  soft_time_limit=soft_time_limit).run()
+                  soft_time_limit=soft_time_limit, task_events=task_events,
+                  heartbeat_events=not without_heartbeat).run()
     sys.exit(code)
 
 
@@ -346,11 +354,13 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
         return
     app = obj.app(app_spec, dsn)
     target = schema or app.schema
-    out = upgrade(app.dsn, target, sql=sql)
     if sql:
-        click.echo(out, nl=False)
-    else:
-        click.echo(f"pgq schema {target!r} is up to date")
+        click.echo(upgrade(app.dsn, target, sql=True), nl=False)
+        return
+    # Without --dsn: every database the app's queues live in (queue_databases too).
+    for where in [app.dsn] if (dsn or obj.dsn) else app.databases():
+        upgrade(where, target)
+    click.echo(f"pgq schema {target!r} is up to date")
 
 
 def _payload(columns: Any) -> str:
@@ -444,6 +454,74 @@ def _print_status(app: App, as_json: bool) -> None:
              for w in snap["workers"]]
     click.echo(_table(["WORKER HOST", "PID", "QUEUES", "CONCURRENCY", "RUNNING",
                        "LAST HEARTBEAT", "ALIVE"], wrows) if wrows else "no workers")
+
+
+@main.command()
+@app_option
+@dsn_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for tools.")
+@click.option("-Q", "--queues", help="Only task events of these queues (comma-separated).")
+@click.option("-d", "--dump", is_flag=True, hidden=True, help="Celery's spelling; the default.")
+@click.pass_obj
+@_errors
+def events(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool,
+           queues: str | None, dump: bool) -> None:
+    """Print the live stream of worker and task events until Ctrl-C.
+
+    Examples:
+
+    \b
+        pgq -A shop.tasks events
+        pgq events --json | jq 'select(.type == "task-failed")'
+    """
+    import signal as signals
+
+    from pgq.events import EventReceiver
+
+    app = obj.app(app_spec, dsn)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    receiver = EventReceiver(app, queues=names)
+    signals.signal(signals.SIGTERM, lambda *_: setattr(receiver, "should_stop", True))
+    receiver.start()
+    click.echo(f"listening for events on {app.queries.events_channel} (Ctrl-C to stop)",
+               err=True)
+    try:
+        for event in receiver:
+            click.echo(orjson_line(event) if as_json else format_event(event))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.close()
+
+
+def orjson_line(event: dict[str, Any]) -> str:
+    import orjson
+
+    return orjson.dumps(event).decode()
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One readable line: time, host, type, task[id], then what the event says."""
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(event["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
+    kind = event["type"]
+    head = f"{when}  {event.get('hostname')}  {kind}"
+    if not kind.startswith("task-"):
+        return (f"{head}  pid={event.get('pid')} active={event.get('active')} "
+                f"processed={event.get('processed')} queues={','.join(event.get('queues') or [])}")
+    head += f"  {event.get('name')}[{event.get('uuid')}]"
+    if kind == "task-received":
+        return f"{head}  args={event.get('args')} kwargs={event.get('kwargs')}"
+    if kind == "task-succeeded":
+        runtime = float(event.get("runtime") or 0)
+        return f"{head}  result={event.get('result')} runtime={runtime:.4f}s"
+    if kind in ("task-failed", "task-retried"):
+        return f"{head}  {event.get('exception')}"
+    if kind == "task-revoked":
+        return (f"{head}  terminated={event.get('terminated')} "
+                f"expired={event.get('expired')}")
+    return head
 
 
 @main.command()

@@ -52,6 +52,20 @@ def _json_env(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str) else value
 
 
+def _queue_databases(value: Any) -> dict[str, str]:
+    """`{"queue": "dsn", ...}` (JSON in the environment): queues whose jobs live in another
+    PostgreSQL database (see pgq/routing.py)."""
+    from pgq.db.connection import check_dsn
+
+    value = _json_env(value) or {}
+    if not isinstance(value, Mapping) or not all(
+            isinstance(q, str) and q and isinstance(d, str) and d for q, d in value.items()):
+        raise ConfigurationError(
+            f"queue_databases must map queue names to DSNs, like "
+            f'{{"heavy": "postgresql://db2/jobs"}}; got {value!r}')
+    return {queue: check_dsn(dsn) for queue, dsn in value.items()}
+
+
 def _as_is(value: Any) -> Any:
     return value
 
@@ -114,6 +128,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "worker_max_memory_per_child": (None, _int_or_none),
     "worker_prefetch_multiplier": (None, _int_or_none),  # None: sized from run times
     "worker_pool": ("prefork", str),
+    "worker_send_task_events": (True, _bool),  # task-* events (worker-* events always)
     "beat_schedule": ({}, _json_env),
     "timezone": ("UTC", str),
     "enable_utc": (True, _bool),
@@ -129,6 +144,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # only over `listen_dsn` (a direct connection) — without one, workers and get() poll.
     "pgbouncer": (False, _bool),
     "listen_dsn": (None, str),
+    # Queues whose jobs live in another PostgreSQL database: {"heavy": "postgresql://..."}.
+    "queue_databases": ({}, _queue_databases),
 }
 
 # Celery settings that have no meaning here: accepted, warned about once, otherwise ignored.

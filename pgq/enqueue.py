@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
-from pgq import payload, serialization
+from pgq import payload, routing, serialization, signals
 from pgq import request as request_context
 from pgq.db.connection import dbapi_connection, execute
 from pgq.errors import InvalidOption
@@ -237,24 +238,31 @@ def _unique_key(name: str, task: Task | None, encoded: payload.Encoded, args: li
     return None
 
 
-def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str]:
+def insert(app: App, rows: Sequence[JobRow], connection: Any = None, *,
+           route: bool = True) -> list[str]:
     """Insert `rows` in one statement; return the id that stands for each row (for a unique
-    key that was already queued, the id of the job already there)."""
-    return insert_plan(app, rows, (), connection)
+    key that was already queued, the id of the job already there). The rows go to their
+    queue's database (`queue_databases`); `route=False`: the worker carrying a workflow
+    forward on its own connection, where the workflow was checked to live."""
+    return insert_plan(app, rows, (), connection, route=route)
 
 
 COPY_THRESHOLD = 100
 
 
 def insert_plan(app: App, jobs: Sequence[JobRow], chords: Sequence[Any],
-                connection: Any = None) -> list[str]:
-    """Insert a workflow's job rows and chord rows atomically."""
+                connection: Any = None, *, route: bool = True) -> list[str]:
+    """Insert a workflow's job rows and chord rows atomically, in their queues' database
+    (`route` as for `insert`)."""
     if not jobs and not chords:
         return []
+    dsn = routing.database_of(app, jobs, chords) if route else None
     if connection is not None:
         conn = dbapi_connection(connection)
+        if dsn is not None:
+            routing.check_connection(app, conn, dsn)
         return run_steps(conn, plan_steps(app, jobs, chords, _can_copy(conn)))
-    with app.pool.connection() as conn:
+    with app.pool_for(dsn or app.dsn).connection() as conn:
         steps = plan_steps(app, jobs, chords, can_copy=True)
         if not chords:  # one statement is atomic on its own
             return run_steps(conn, steps)
@@ -284,11 +292,23 @@ Steps = Generator[Step, list[tuple[Any, ...]], list[str]]
 def plan_steps(app: App, jobs: Sequence[JobRow], chords: Sequence[Any], can_copy: bool
                ) -> Steps:
     """The statements that insert `chords` and `jobs`; each step receives its rows back, and
-    the generator returns the id that stands for each job row."""
+    the generator returns the id that stands for each job row. The publish signals are sent
+    here, so that the sync and async drivers both send them: before_task_publish before the
+    first statement, after_task_publish once the rows are written (inside the transaction
+    that writes them, before it commits)."""
+    if signals.before_task_publish.receivers:
+        jobs = [_before_publish(app, row) for row in jobs]
     if chords:
         yield _chords_statement(app, chords)
     if not jobs:
         return []
+    ids = yield from _job_steps(app, jobs, can_copy)
+    if signals.after_task_publish.receivers:
+        _after_publish(app, jobs, ids)
+    return ids
+
+
+def _job_steps(app: App, jobs: Sequence[JobRow], can_copy: bool) -> Steps:
     if len(jobs) == 1:
         inserted = {str(r[0]) for r in (yield app.queries.enqueue_one, _one_params(jobs[0]))}
     elif (can_copy and len(jobs) >= COPY_THRESHOLD
@@ -321,6 +341,70 @@ def run_steps(conn: Any, steps: Steps) -> list[str]:
                 step = steps.send(execute(conn, *step))
     except StopIteration as done:
         return list(done.value)
+
+
+def _after_publish(app: App, jobs: Sequence[JobRow], ids: Sequence[str]) -> None:
+    for row, job_id in zip(jobs, ids, strict=True):
+        if job_id == row.id:  # not a unique key's existing job
+            headers, body, _ = _message(app, row)
+            signals.after_task_publish.send(sender=row.task, body=body, exchange="",
+                                            routing_key=row.queue, headers=headers)
+
+
+# Celery's message headers (protocol 2) that describe the job; any other header a
+# before_task_publish receiver adds is the user's and reaches `self.request.headers`.
+MESSAGE_HEADERS = frozenset({"lang", "task", "id", "shadow", "eta", "expires", "group",
+                             "group_index", "retries", "timelimit", "root_id", "parent_id",
+                             "ignore_result", "origin", "argsrepr", "kwargsrepr"})
+
+
+def _message(app: App, row: JobRow) -> tuple[dict[str, Any], tuple[Any, Any, dict[str, Any]],
+                                             dict[str, Any]]:
+    """What Celery's publish signals see: headers, body (args, kwargs, embed), and the
+    row's runtime options."""
+    options = serialization.loads(row.options) if row.options != "{}" else {}
+    try:
+        args, kwargs = payload.decode_arguments(payload.worker_policy(app), row, options)
+    except Exception:  # a content type this process does not read: pass it as stored
+        args, kwargs = row.args, row.kwargs
+    headers = {
+        "lang": "py", "task": row.task, "id": row.id, "shadow": options.get("shadow"),
+        "eta": row.run_at.isoformat() if row.run_at else None,
+        "expires": row.expires_at.isoformat() if row.expires_at else None,
+        "group": row.group_id, "group_index": None, "retries": 0,
+        "timelimit": [options.get("time_limit"), options.get("soft_time_limit")],
+        "root_id": row.root_id or row.id, "parent_id": row.parent_id,
+        "ignore_result": bool(options.get("ignore_result", False)),
+        "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+        **(options.get("headers") or {}),
+    }
+    embed = {"callbacks": options.get("link"), "errbacks": options.get("link_error"),
+             "chain": options.get("chain"), "chord": options.get("chord")}
+    return headers, (args, kwargs, embed), options
+
+
+def _before_publish(app: App, row: JobRow) -> JobRow:
+    """Send before_task_publish; keep the headers its receivers added or changed (a signed
+    job is signed again: its options are part of what is signed)."""
+    headers, body, options = _message(app, row)
+    own = options.get("headers") or {}
+    signals.before_task_publish.send(
+        sender=row.task, body=body, exchange="", routing_key=row.queue, headers=headers,
+        properties={"correlation_id": row.id, "priority": row.priority,
+                    "content_type": row.content_type or "application/json",
+                    "content_encoding": "binary" if row.payload is not None else "utf-8"},
+        declare=[], retry_policy=None)
+    custom = {k: v for k, v in headers.items() if k not in MESSAGE_HEADERS or k in own}
+    if custom == own:
+        return row
+    if custom:
+        options["headers"] = custom
+    else:
+        options.pop("headers", None)
+    row = row._replace(options=serialization.dumps(options, "options") if options else "{}")
+    signer = payload.producer_policy(app).signer
+    return row if row.signature is None or signer is None else row._replace(
+        signature=signer.sign(row))
 
 
 def _can_copy(conn: Any) -> bool:

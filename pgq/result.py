@@ -112,13 +112,15 @@ class AsyncResult:
     Args:
         id: The job id.
         app: The App whose database to read; `None`: the most recently created App.
+        database: The DSN of the database holding the job, when known; `None`: the app's
+            database, or with `queue_databases` each of the app's databases in turn.
     """
 
     id: str
     """The job id (`self.request.id` inside the job)."""
 
     def __init__(self, id: str, app: App | None = None, *, task_name: str | None = None,
-                 parent: AsyncResult | None = None) -> None:
+                 parent: AsyncResult | None = None, database: str | None = None) -> None:
         if app is None:
             from pgq.app import current_app
 
@@ -128,6 +130,7 @@ class AsyncResult:
         self.task_name = task_name
         self._parent = parent
         self._cache: _Row | None = None
+        self._database = database  # where the job lives, when known (queue_databases)
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -140,11 +143,19 @@ class AsyncResult:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    def _databases(self) -> list[str]:
+        return [self._database] if self._database else self.app.databases()
+
     def _row(self) -> _Row:
         if self._cache is not None:
             return self._cache
-        with self.app.pool.connection() as conn:
-            rows = execute(conn, self.app.queries.get_result, {"id": self.id})
+        rows: list[tuple[Any, ...]] = []
+        for dsn in self._databases():
+            with self.app.pool_for(dsn).connection() as conn:
+                rows = execute(conn, self.app.queries.get_result, {"id": self.id})
+            if rows:
+                self._database = dsn
+                break
         row = _Row(rows[0] if rows else None)
         if row.state in READY_STATES:
             self._cache = row
@@ -198,7 +209,7 @@ class AsyncResult:
         if self._parent is None:
             parent_id = self._row().parent_id
             if parent_id:
-                self._parent = AsyncResult(parent_id, app=self.app)
+                self._parent = AsyncResult(parent_id, app=self.app, database=self._database)
         return self._parent
 
     def ready(self) -> bool:
@@ -230,7 +241,7 @@ class AsyncResult:
             Exception: The task's own exception (same type where it can be rebuilt, else
                 `TaskError`), when `propagate`.
         """
-        row = self.app.wait_for([self.id], timeout, lambda: self._row())
+        row = self.app.wait_for([self.id], timeout, lambda: self._row(), self._databases())
         if row.state == "SUCCESS":
             return row.value(self.app)
         exc = self._exception(row)
@@ -289,13 +300,14 @@ class AsyncResult:
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
         """Revoke the job: if it has not started it never runs; with `terminate=True` a
         running job's child process is killed. Either way the state becomes `REVOKED`."""
-        self.app.revoke(self.id, terminate=terminate)
+        self.app.revoke(self.id, terminate=terminate, databases=self._databases())
         self._cache = None
 
     def forget(self) -> None:
         """Delete the finished job's row (its result); the id then reads `PENDING`."""
-        with self.app.pool.connection() as conn:
-            execute(conn, self.app.queries.forget, {"id": self.id})
+        for dsn in self._databases():
+            with self.app.pool_for(dsn).connection() as conn:
+                execute(conn, self.app.queries.forget, {"id": self.id})
         self._cache = None
 
 
@@ -321,11 +333,18 @@ class GroupResult:
     def __getitem__(self, index: int) -> AsyncResult:
         return self.results[index]
 
+    def _databases(self) -> list[str]:
+        known = {r._database for r in self.results if r._database}
+        return list(known) if known else self.app.databases()
+
     def _states(self) -> dict[str, str]:
-        with self.app.pool.connection() as conn:
-            rows = execute(conn, self.app.queries.get_states,
-                           {"ids": [r.id for r in self.results]})
-        return {str(job_id): state for job_id, state in rows}
+        states: dict[str, str] = {}
+        for dsn in self._databases():
+            with self.app.pool_for(dsn).connection() as conn:
+                rows = execute(conn, self.app.queries.get_states,
+                               {"ids": [r.id for r in self.results]})
+            states.update((str(job_id), state) for job_id, state in rows)
+        return states
 
     def ready(self) -> bool:
         """True once every member has finished."""
@@ -351,7 +370,7 @@ class GroupResult:
         covers the whole wait. With `propagate`, the first failed member's exception is
         raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.app.wait_for([r.id for r in self.results], timeout, self.ready)
+        self.app.wait_for([r.id for r in self.results], timeout, self.ready, self._databases())
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -382,14 +401,18 @@ class GroupResult:
             result.forget()
 
 
-def wait_loop(waiter: ResultWaiter | None, job_ids: Sequence[str], timeout: float | None,
-              check: Any, fallback: float) -> Any:
-    """Re-check on every wake-up (NOTIFY, reconnect, or a slow safety re-check). With no
-    waiter (PgBouncer, no listen_dsn) it polls, from 10 ms up to `fallback`."""
+def wait_loop(waiters: Sequence[ResultWaiter | None], job_ids: Sequence[str],
+              timeout: float | None, check: Any, fallback: float) -> Any:
+    """Re-check on every wake-up (NOTIFY from any of the jobs' databases, reconnect, or a
+    slow safety re-check). Where a database has no waiter (PgBouncer, no listen_dsn) it
+    polls, from 10 ms up to `fallback`."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    event = waiter.register(job_ids) if waiter is not None else threading.Event()
+    event = threading.Event()
+    listening = [waiter for waiter in waiters if waiter is not None]
+    for waiter in listening:
+        waiter.register(job_ids, event)
     try:
-        safety = 0.25 if waiter is not None else 0.01
+        safety = 0.25 if listening and len(listening) == len(waiters) else 0.01
         while True:
             event.clear()
             outcome = check()
@@ -405,7 +428,7 @@ def wait_loop(waiter: ResultWaiter | None, job_ids: Sequence[str], timeout: floa
             event.wait(wait)
             safety = min(safety * 2, fallback)
     finally:
-        if waiter is not None:
+        for waiter in listening:
             waiter.unregister(job_ids, event)
 
 

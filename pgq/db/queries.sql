@@ -232,6 +232,10 @@ LATERAL (
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
 
+-- name: async_commit
+-- For this transaction only: commit without waiting for the WAL flush (best-effort events).
+SELECT set_config('synchronous_commit', 'off', true)
+
 -- name: update_state
 UPDATE {schema}.jobs SET progress_state = %(state)s, meta = %(meta)s::jsonb
 WHERE id = %(id)s AND state = 'STARTED'

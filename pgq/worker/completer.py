@@ -149,16 +149,17 @@ class CarryForward:
         self._count_chords()
         enqueue.insert_chords(self.app, self.conn, self.plan.chords)
         if self.plan.jobs:
-            enqueue.insert(self.app, self.plan.jobs, self.conn)
+            enqueue.insert(self.app, self.plan.jobs, self.conn, route=False)
         for row in self.failed:
             execute(self.conn, self.app.queries.insert_failed, row)
         return [str(row["id"]) for row in self.failed]
 
 
 def write_outcomes(app: App, conn: Any, worker_id: str, outcomes: Sequence[Outcome],
-                   jobs: Mapping[str, Job]) -> bool:
+                   jobs: Mapping[str, Job]) -> tuple[bool, set[str]]:
     """Write a batch of outcomes (guarded), start what follows them, and NOTIFY waiters and
-    workers. Returns True when a job went back to its queue due now (an immediate retry)."""
+    workers. Returns whether a job went back to its queue due now (an immediate retry), and
+    the ids of the outcomes written (the others' jobs were revoked or rescued meanwhile)."""
     q = app.queries
     rows = execute(conn, q.complete, complete_params(outcomes, worker_id))
     written = {str(row[0]) for row in rows}
@@ -179,4 +180,4 @@ def write_outcomes(app: App, conn: Any, worker_id: str, outcomes: Sequence[Outco
     due_now = {r[2] for r in rows if r[1] == "RETRY" and r[3]}
     for queue in due_now:
         execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
-    return bool(due_now)
+    return bool(due_now), written
