@@ -1,6 +1,6 @@
 """Workers on three "hosts" — network namespaces joined to this one by veth pairs, a few ms
 away — against one PostgreSQL of this module's own: every job runs exactly once, and each
-host holds the same three connections whatever its concurrency."""
+host holds the same four connections whatever its concurrency."""
 
 from __future__ import annotations
 
@@ -78,6 +78,9 @@ def test_hosts_are_really_apart(fleet):
     assert isolated.returncode != 0, "the namespace reached the server without its link"
 
 
+CONNECTIONS = 4  # claim/complete, heartbeat, LISTEN, events (docs/scaling.md)
+
+
 def test_every_job_runs_once_on_three_hosts(fleet, tmp_path):
     pg = fleet.pg
     pg.sql("TRUNCATE pgq.jobs, pgq.workers")
@@ -89,10 +92,10 @@ def test_every_job_runs_once_on_three_hosts(fleet, tmp_path):
     try:
         wait_until(lambda: pg.sql("SELECT count(*) FROM pgq.worker_status WHERE alive")[0][0]
                    == 3, timeout=30, what="three workers to register")
-        # Idle, each host holds the same three connections, whatever its concurrency:
-        # claim/complete, heartbeat, LISTEN.
-        wait_until(lambda: all(len(q) == 3 for q in fleet.connections().values()),
-                   timeout=15, what="three connections per host")
+        # Idle, each host holds the same four connections, whatever its concurrency:
+        # claim/complete, heartbeat, LISTEN, events.
+        wait_until(lambda: all(len(q) == CONNECTIONS for q in fleet.connections().values()),
+                   timeout=15, what="four connections per host")
         for queries in fleet.connections().values():
             assert sum(q.startswith("LISTEN") for q in queries) == 1, queries
 
@@ -116,8 +119,9 @@ def test_every_job_runs_once_on_three_hosts(fleet, tmp_path):
         assert {job_id: host for job_id, host, _ in rows} == \
             {job_id: host for job_id, host, _ in lines}
         assert {attempts for _, _, attempts in rows} == {1}
-        # Children opened no connections of their own: still three per host.
-        assert all(len(q) == 3 for q in fleet.connections().values()), fleet.connections()
+        # Children opened no connections of their own: still four per host.
+        assert all(len(q) == CONNECTIONS for q in fleet.connections().values()), \
+            fleet.connections()
         print(f"\nruns per host: {dict(sorted(per_host.items()))}; delay by {fleet.hosts.delay}")
     finally:
         for host in fleet.hosts:
