@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -10,7 +11,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from pgq import enqueue, routing
+from pgq import enqueue, loops, routing
 from pgq.config import Settings
 from pgq.db.connection import ProducerPool, check_dsn, connect, execute
 from pgq.db.queries import Queries, queries_for
@@ -91,6 +92,7 @@ class App:
             )
         self.main = name
         self.schema = schema
+        self.task_cls = _task_class(settings.pop("task_cls", None))
         self.conf = Settings(**settings)
         if default_queue is not None:
             self.conf.update(task_default_queue=default_queue)
@@ -232,7 +234,7 @@ class App:
         """
 
         def register(func: Callable[..., Any]) -> Task:
-            base = options.pop("base", None) or Task
+            base = options.pop("base", None) or self.task_cls
             task = make_task(self, func, base, dict(options))
             if task.name in self.tasks:
                 raise ConfigurationError(
@@ -249,10 +251,10 @@ class App:
         app = self
 
         def pgq_map(task: str, items: list[Any]) -> list[Any]:
-            return [app.tasks[task](item) for item in items]
+            return [_settled(app.tasks[task](item)) for item in items]
 
         def pgq_starmap(task: str, items: list[list[Any]]) -> list[Any]:
-            return [app.tasks[task](*item) for item in items]
+            return [_settled(app.tasks[task](*item)) for item in items]
 
         self.task(name="pgq.map")(pgq_map)
         self.task(name="pgq.starmap")(pgq_starmap)
@@ -339,7 +341,7 @@ class App:
                      parent_id=row.parent_id, group_id=row.group_id, called_directly=False,
                      is_eager=True))
         try:
-            value = task.run(*args, **kwargs)
+            value = _settled(task.run(*args, **kwargs))
         except Exception as exc:
             if self.conf.task_eager_propagates:
                 raise
@@ -347,6 +349,28 @@ class App:
         finally:
             pop()
         return EagerResult(row.id, "SUCCESS", value, app=self)
+
+    async def asend_task(self, name: str, args: Sequence[Any] | None = None,
+                         kwargs: Mapping[str, Any] | None = None, *, connection: Any = None,
+                         _task: Task | None = None, **options: Any) -> AsyncResult:
+        """`send_task` for async code (an async connection or the app's async pool)."""
+        from pgq import aio
+
+        return await aio.send_task(self, name, args, kwargs, connection=connection,
+                                   _task=_task, **options)
+
+    async def aenqueue_many(self, signatures: Iterable[Any], *, connection: Any = None
+                            ) -> list[AsyncResult]:
+        """`enqueue_many` for async code."""
+        from pgq import aio
+
+        return await aio.enqueue_many(self, signatures, connection=connection)
+
+    async def aclose(self) -> None:
+        """Close this app's async pool of the running event loop."""
+        from pgq import aio
+
+        await aio.close(self)
 
     def signature(self, name: str, args: Sequence[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
@@ -361,23 +385,10 @@ class App:
         for all plain task signatures."""
         from pgq import workflow
 
-        sigs = list(signatures)
-        kinds = [workflow.is_workflow(s) for s in sigs]
-        plain = [s for s, is_flow in zip(sigs, kinds, strict=True) if not is_flow]
-        rows = enqueue.build_rows(self, plain)
-        chords: list[Any] = []
-        workflow_ids = []
-        for sig, is_flow in zip(sigs, kinds, strict=True):
-            if is_flow:
-                sig_plan, started = workflow.plan(self, sig)
-                rows.extend(sig_plan.jobs)
-                chords.extend(sig_plan.chords)
-                workflow_ids.append(started.result_id or started.group_id or "")
-        ids = enqueue.insert_plan(self, rows, chords, connection)
-        plain_ids, other_ids = iter(ids[:len(plain)]), iter(workflow_ids)
-        return [AsyncResult(next(other_ids) if is_flow else next(plain_ids), app=self,
-                            task_name=sig["task"]) for sig, is_flow in zip(sigs, kinds,
-                                                                           strict=True)]
+        batch = workflow.plan_many(self, signatures)
+        ids = enqueue.insert_plan(self, batch.jobs, batch.chords, connection)
+        return [AsyncResult(job_id, app=self, task_name=name)
+                for job_id, name in zip(batch.result_ids(ids), batch.names, strict=True)]
 
     @property
     def events(self) -> Events:
@@ -501,6 +512,26 @@ class App:
             return self.tasks[name]
         except KeyError:
             raise NotRegistered(f"task {name!r} is not registered in this app") from None
+
+
+def _settled(value: Any) -> Any:
+    """The value of an `async def` task's call (map/starmap over it), else `value`."""
+    return loops.run(value) if inspect.iscoroutine(value) else value
+
+
+def _task_class(value: type[Task] | str | None) -> type[Task]:
+    """Celery's `task_cls`: the default base class of this app's tasks ("module:Class" too)."""
+    if value is None:
+        return Task
+    if isinstance(value, str):
+        module, _, attr = value.replace(":", ".").rpartition(".")
+        try:
+            value = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigurationError(f"task_cls {value!r} cannot be imported") from None
+    if not (isinstance(value, type) and issubclass(value, Task)):
+        raise ConfigurationError(f"task_cls must be a subclass of pgq.Task, not {value!r}")
+    return value
 
 
 def _match_route(table: Mapping[str, Any], task_name: str) -> Any:

@@ -117,6 +117,24 @@ class Signature(dict[str, Any], Generic[R]):
         """`apply_async(args, kwargs)` without options."""
         return self.apply_async(args, kwargs)
 
+    async def aapply_async(self, args: Sequence[Any] | None = None,
+                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """`apply_async` for async code (see docs/async.md): a workflow's rows go in on an
+        async connection (`connection=`) or the app's async pool."""
+        from pgq import aio
+
+        if self.get("subtask_type") is None:
+            all_args, all_kwargs = self.merged_args(args, kwargs)
+            return await aio.send_task(self.app, self.task, all_args, all_kwargs,
+                                       **{**self.options, **options})
+        return self._started_result(await aio.start(self, args, kwargs, dict(options)))
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.aapply_async(args, kwargs)
+
+    def _started_result(self, started: Any) -> Any:
+        raise NotImplementedError  # workflows only
+
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the task body here, with the signature's partial arguments."""
         all_args, all_kwargs = self.merged_args(args, kwargs)
@@ -199,9 +217,11 @@ class chain(Signature):
         """Enqueue the chain (its first step's row; `connection=` works as for a task).
         `args`/`kwargs` go to the first step. Returns the last step's result, whose
         `.parent` walks back through the steps."""
+        return self._started_result(_start(self, args, kwargs, options))
+
+    def _started_result(self, started: Any) -> AsyncResult:
         from pgq.result import AsyncResult
 
-        started = _start(self, args, kwargs, options)
         result: AsyncResult | None = None
         for job_id in started.step_ids:
             result = AsyncResult(job_id, app=self.app, parent=result)
@@ -231,9 +251,11 @@ class group(Signature):
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult:
         """Enqueue every member in one transaction (`connection=` works as for a task).
         `args`/`kwargs` go to every member."""
+        return self._started_result(_start(self, args, kwargs, options))
+
+    def _started_result(self, started: Any) -> GroupResult:
         from pgq.result import AsyncResult, GroupResult
 
-        started = _start(self, args, kwargs, options)
         results = [AsyncResult(i, app=self.app) for i in started.member_ids]
         return GroupResult(started.group_id or "", results, app=self.app)
 
@@ -269,12 +291,23 @@ class chord(Signature):
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
         """Enqueue the header jobs and the chord's counter row in one transaction. Returns
         the body's result: it fails with `ChordError` if a header job fails."""
+        self._check_body()
+        return self._started_result(_start(self, args, kwargs, options))
+
+    async def aapply_async(self, args: Sequence[Any] | None = None,
+                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        self._check_body()
+        return await super().aapply_async(args, kwargs, **options)
+
+    def _check_body(self) -> None:
         from pgq.errors import PgqError
-        from pgq.result import AsyncResult
 
         if self.body is None:
             raise PgqError("a chord needs a body: chord(header, body) or chord(header)(body)")
-        started = _start(self, args, kwargs, options)
+
+    def _started_result(self, started: Any) -> AsyncResult:
+        from pgq.result import AsyncResult
+
         return AsyncResult(started.result_id or "", app=self.app)
 
     def __call__(self, body: Signature | None = None, **options: Any) -> AsyncResult:

@@ -50,15 +50,16 @@ class ResultWaiter:
                 for event in events:
                     event.set()
 
-    def register(self, job_ids: Sequence[str],
-                 event: threading.Event | None = None) -> threading.Event:
+    def register(self, job_ids: Sequence[str], event: Any = None) -> Any:
+        """Set `event` (a new threading.Event by default; anything with `set()`) when one of
+        `job_ids` finishes."""
         event = event or threading.Event()
         with self._lock:
             for job_id in job_ids:
                 self._waiting[job_id].append(event)
         return event
 
-    def unregister(self, job_ids: Sequence[str], event: threading.Event) -> None:
+    def unregister(self, job_ids: Sequence[str], event: Any) -> None:
         with self._lock:
             for job_id in job_ids:
                 events = self._waiting.get(job_id)
@@ -270,6 +271,45 @@ class AsyncResult(Generic[R]):
 
     wait = get
 
+    # --- the same, for async code (see docs/async.md) --------------------------------------
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> Any:
+        """`get()` without blocking the event loop: woken by the process's LISTEN."""
+        from pgq import aio
+
+        return await aio.get(self, timeout, propagate)
+
+    async def astate(self) -> str:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).public_state
+
+    async def aready(self) -> bool:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).state in READY_STATES
+
+    async def asuccessful(self) -> bool:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).state == "SUCCESS"
+
+    async def afailed(self) -> bool:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).state == "FAILURE"
+
+    async def arevoke(self, terminate: bool = False) -> None:
+        from pgq import aio
+
+        await aio.revoke(self, terminate)
+
+    async def aforget(self) -> None:
+        from pgq import aio
+
+        await aio.forget(self)
+
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
         """Revoke the job: if it has not started it never runs; with `terminate=True` a
         running job's child process is killed. Either way the state becomes `REVOKED`."""
@@ -351,6 +391,17 @@ class GroupResult:
         return values
 
     join = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> list[Any]:
+        from pgq import aio
+
+        return await aio.group_get(self, timeout, propagate)
+
+    async def aready(self) -> bool:
+        from pgq import aio
+
+        return await aio.group_ready(self)
 
     def revoke(self, terminate: bool = False, **_: Any) -> None:
         """Revoke every member (see `AsyncResult.revoke`)."""
@@ -435,6 +486,10 @@ class EagerResult(AsyncResult[R]):
             raise self._value
         value: R = self._value
         return value
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> Any:
+        return self.get(timeout, propagate)
 
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
         pass

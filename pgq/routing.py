@@ -113,29 +113,59 @@ def database_of(app: App, rows: Sequence[JobRow],
 
 # --- transactional enqueue on the caller's connection --------------------------------------
 
-_IDENTITY_SQL = "SELECT system_identifier::text, current_database() FROM pg_control_system()"
+# The identity of the database a connection reaches; pgq.aio runs it on async connections.
+IDENTITY_SQL = "SELECT system_identifier::text, current_database() FROM pg_control_system()"
 _identities: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
 _dsn_identities: dict[str, tuple[str, str]] = {}
 
 
-def _identity(conn: Any) -> tuple[str, str]:
+def known_identity(conn: Any) -> tuple[str, str] | None:
     try:
-        return _identities[conn]
-    except (KeyError, TypeError):
-        (identity,) = execute(conn, _IDENTITY_SQL)
-        found = (str(identity[0]), str(identity[1]))
-        with contextlib.suppress(TypeError):  # not weak-referenceable: ask each time
-            _identities[conn] = found
-        return found
+        return _identities.get(conn)
+    except TypeError:  # not weak-referenceable: ask each time
+        return None
+
+
+def remember_identity(conn: Any, rows: Sequence[tuple[Any, ...]]) -> tuple[str, str]:
+    """The identity in `rows` (IDENTITY_SQL's answer on `conn`), kept for `conn`."""
+    found = _parse_identity(rows)
+    with contextlib.suppress(TypeError):
+        _identities[conn] = found
+    return found
+
+
+def known_database(dsn: str) -> tuple[str, str] | None:
+    return _dsn_identities.get(dsn)
+
+
+def remember_database(dsn: str, rows: Sequence[tuple[Any, ...]]) -> tuple[str, str]:
+    """The identity of database `dsn`, from IDENTITY_SQL's `rows` on one of its connections."""
+    _dsn_identities[dsn] = found = _parse_identity(rows)
+    return found
+
+
+def _parse_identity(rows: Sequence[tuple[Any, ...]]) -> tuple[str, str]:
+    ((system, database),) = rows
+    return str(system), str(database)
+
+
+def _identity(conn: Any) -> tuple[str, str]:
+    return known_identity(conn) or remember_identity(conn, execute(conn, IDENTITY_SQL))
 
 
 def check_connection(app: App, conn: Any, dsn: str) -> None:
     """The caller's connection must reach the database the jobs belong to (same cluster —
     a promoted replica counts — and same database name)."""
-    if dsn not in _dsn_identities:
+    expected = known_database(dsn)
+    if expected is None:
         with app.pool_for(dsn).connection() as own:
-            _dsn_identities[dsn] = _identity(own)
-    if _identity(conn) != _dsn_identities[dsn]:
+            expected = remember_database(dsn, execute(own, IDENTITY_SQL))
+    check_identity(app, _identity(conn), expected, dsn)
+
+
+def check_identity(app: App, found: tuple[str, str], expected: tuple[str, str],
+                   dsn: str) -> None:
+    if found != expected:
         raise CrossDatabaseWorkflow(
             f"connection= reaches another database than these jobs' queue, which lives in "
             f"{describe(app, dsn)} (queue_databases): pass a connection to that database, or "

@@ -76,6 +76,8 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the body here and now, like a plain function call."""
+        if request_context.take_worker_call(self):  # the worker's request is in place
+            return self.run(*args, **kwargs)
         request_context.push(Request(args=list(args), kwargs=dict(kwargs), task=self.name))
         try:
             return self.run(*args, **kwargs)
@@ -115,6 +117,23 @@ class Task(Generic[P, R]):
         """
         return self.app.send_task(self.name, args, kwargs, connection=connection, _task=self,
                                   **options)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """`delay` for async code: `await add.adelay(2, 3)` (see docs/async.md)."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """`apply_async` for async code; `connection=` takes a psycopg AsyncConnection or a
+        SQLAlchemy AsyncConnection / AsyncSession (the row joins its transaction)."""
+        return await self.app.asend_task(self.name, args, kwargs, connection=connection,
+                                         _task=self, **options)
 
     def apply(self, args: Sequence[Any] | None = None,
               kwargs: Mapping[str, Any] | None = None, **options: Any) -> R:

@@ -4,6 +4,7 @@ that would span two databases fails at the call, writing nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -140,6 +141,52 @@ def test_transactional_enqueue_needs_a_connection_to_the_queues_database(routed,
         routed.send_task(ADD, [1, 2], connection=conn)
         conn.commit()
     assert count(dsn) == 1
+
+
+def test_async_enqueue_and_results_on_a_routed_queue(routed, heavy_dsn, dsn, start_worker):
+    heavy = start_worker("-Q", "heavy", "-c", "2", env=env_for(heavy_dsn), ready=False)
+    wait_until(lambda: "ready" in heavy.output(), what="the heavy worker")
+
+    async def main() -> tuple[Any, ...]:
+        one = await routed.asend_task(ADD, [20, 22], queue="heavy")
+        flow = chain(routed.signature(ADD, (1, 2), queue="heavy"),
+                     routed.signature(ADD, (10,), queue="heavy"), app=routed)
+        (many,) = await routed.aenqueue_many([routed.signature(ADD, (2, 2), queue="heavy")])
+        values = (await one.aget(timeout=20), await (await flow.aapply_async()).aget(timeout=20),
+                  await many.aget(timeout=20))
+        by_id = routed.AsyncResult(one.id)  # no database known: found where it lives
+        found = (await by_id.aget(timeout=5), await by_id.astate())
+        await routed.aclose()
+        return values, found
+
+    assert asyncio.run(main()) == ((42, 13, 4), (42, "SUCCESS"))
+    assert count(heavy_dsn) == 4 and count(dsn) == 0
+
+
+def test_async_calls_keep_the_routing_rules(routed, heavy_dsn, dsn):
+    heavy = routed.signature(ADD, (1, 2), queue="heavy")
+
+    async def main() -> str:
+        with pytest.raises(CrossDatabaseWorkflow, match="span databases"):
+            await routed.aenqueue_many([heavy, routed.signature(ADD, (3, 4))])
+        with pytest.raises(CrossDatabaseWorkflow, match="span databases"):
+            await chain(heavy, routed.signature(ADD, (3,)), app=routed).aapply_async()
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            with pytest.raises(CrossDatabaseWorkflow, match="connection= reaches another"):
+                await routed.asend_task(ADD, [1, 2], queue="heavy", connection=conn)
+        async with await psycopg.AsyncConnection.connect(heavy_dsn) as conn:
+            result = await heavy.aapply_async(connection=conn)
+            assert count(heavy_dsn) == 0  # the caller's transaction, not committed yet
+        by_id = routed.AsyncResult(result.id)
+        assert await by_id.astate() == "PENDING"
+        await by_id.arevoke()
+        assert await by_id.astate() == "REVOKED"
+        await by_id.aforget()
+        await routed.aclose()
+        return result.id
+
+    asyncio.run(main())
+    assert count(heavy_dsn) == 0 and count(dsn) == 0
 
 
 def test_revoke_and_forget_reach_the_jobs_database(routed, heavy_dsn):
