@@ -273,12 +273,20 @@ class AsyncResult(Generic[R]):
 
     # --- the same, for async code (see docs/async.md) --------------------------------------
 
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True,
+                   **_: Any) -> R: ...
+    @overload
     async def aget(self, timeout: float | None = None, propagate: bool = True,
-                   **_: Any) -> Any:
+                   **_: Any) -> R | BaseException: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> R | BaseException:
         """`get()` without blocking the event loop: woken by the process's LISTEN."""
         from pgq import aio
 
-        return await aio.get(self, timeout, propagate)
+        value: R | BaseException = await aio.get(self, timeout, propagate)
+        return value
 
     async def astate(self) -> str:
         from pgq import aio
@@ -487,8 +495,15 @@ class EagerResult(AsyncResult[R]):
         value: R = self._value
         return value
 
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True,
+                   **_: Any) -> R: ...
+    @overload
     async def aget(self, timeout: float | None = None, propagate: bool = True,
-                   **_: Any) -> Any:
+                   **_: Any) -> R | BaseException: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> R | BaseException:
         return self.get(timeout, propagate)
 
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:

@@ -118,7 +118,7 @@ class Task(Generic[P, R]):
         return self.app.send_task(self.name, args, kwargs, connection=connection, _task=self,
                                   **options)
 
-    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """`delay` for async code: `await add.adelay(2, 3)` (see docs/async.md)."""
         return await self.aapply_async(args, kwargs)
 
@@ -129,7 +129,7 @@ class Task(Generic[P, R]):
         *,
         connection: Any = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> AsyncResult[R]:
         """`apply_async` for async code; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection / AsyncSession (the row joins its transaction)."""
         return await self.app.asend_task(self.name, args, kwargs, connection=connection,

@@ -59,6 +59,12 @@ def total(result: AsyncResult[int]) -> int:
     return result.get(timeout=1) + 1
 
 
+async def produce() -> int:
+    result = await add.adelay(1, 2)
+    data: bytes = await (await fetch.aapply_async(("u",), countdown=1)).aget(timeout=5)
+    return await result.aget() + len(data)
+
+
 def use() -> None:
     n: int = add(2, 3)
     r: AsyncResult[int] = add.delay(1, 2)
@@ -112,6 +118,14 @@ coroutine = reveal_type(fetch("u"))  # R: typing.Coroutine[Any, Any, bytes]
 coroutine.close()  # a direct call of an async task returns its coroutine
 reveal_type(abound.delay("u").get())  # R: dict[str, int]
 reveal_type(loose.delay("anything").get())  # R: float
+
+
+async def producer() -> None:
+    reveal_type(await add.adelay(1, 2))  # R: pgq.result.AsyncResult[int]
+    reveal_type(await (await add.adelay(1, 2)).aget())  # R: int
+    reveal_type(await (await fetch.aapply_async(("u",))).aget(timeout=1))  # R: bytes
+    await add.adelay("x", 2)  # E: arg-type
+
 reveal_type(add.s(1))  # R: pgq.canvas.Signature[int]
 reveal_type(add.si(1, 2).delay().get())  # R: int
 reveal_type(concat.s("a").set(queue="q").clone(("b",)).apply_async().get())  # R: str
