@@ -354,11 +354,13 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
         return
     app = obj.app(app_spec, dsn)
     target = schema or app.schema
-    out = upgrade(app.dsn, target, sql=sql)
     if sql:
-        click.echo(out, nl=False)
-    else:
-        click.echo(f"pgq schema {target!r} is up to date")
+        click.echo(upgrade(app.dsn, target, sql=True), nl=False)
+        return
+    # Without --dsn: every database the app's queues live in (queue_databases too).
+    for where in [app.dsn] if (dsn or obj.dsn) else app.databases():
+        upgrade(where, target)
+    click.echo(f"pgq schema {target!r} is up to date")
 
 
 def _payload(columns: Any) -> str:
