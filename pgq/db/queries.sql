@@ -173,8 +173,8 @@ RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 -- outcomes (guarded as in `complete`), NOTIFY get() waiters of the finished ids (in chunks
 -- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
 -- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
--- updates never touch the same row). One row per claimed job, or one row of NULLs; `written`
--- (the ids), `woken`, `notified` and `next_due` come first on every row. Used for batches whose jobs
+-- updates never touch the same row). A summary row — `written` (the ids), `woken`, `notified`,
+-- `next_due` — then one row per claimed job. Used for batches whose jobs
 -- start nothing after them (no link, chain or chord); `complete` and `claim` otherwise.
 WITH done AS (
     UPDATE {schema}.jobs AS j
@@ -262,13 +262,27 @@ WITH done AS (
                    ORDER BY run_at LIMIT 1
                ) AS f) END AS next_due
 )
--- Every CTE that NOTIFYs must be read by the final SELECT, or the planner drops it.
-SELECT s.written, s.woken, s.notified, s.next_due,
-       c.id, c.task, c.state, c.args, c.kwargs, c.options, c.queue, c.priority, c.eta,
-       c.retries, c.attempts, c.root_id, c.parent_id, c.group_id, c.content_type,
-       c.compression, c.payload, c.signature, c.rate_reserved
-FROM summary AS s LEFT JOIN claimed AS c ON true
-ORDER BY c.priority DESC, c.run_at, c.id
+-- The summary row first (every CTE that NOTIFYs must be read by the final SELECT, or the
+-- planner drops it), then the claimed jobs in claim order.
+SELECT written, woken, notified, next_due, id, task, state, args, kwargs, options, queue,
+       priority, eta, retries, attempts, root_id, parent_id, group_id, content_type,
+       compression, payload, signature, rate_reserved
+FROM (
+    SELECT 0 AS part, s.written, s.woken, s.notified, s.next_due, NULL AS id, NULL AS task,
+           NULL AS state, NULL AS args, NULL AS kwargs, NULL AS options, NULL AS queue,
+           NULL::int2 AS priority, NULL::timestamptz AS eta, NULL::int AS retries,
+           NULL::int AS attempts, NULL AS root_id, NULL AS parent_id, NULL AS group_id,
+           NULL AS content_type, NULL AS compression, NULL::bytea AS payload,
+           NULL AS signature, NULL::bool AS rate_reserved, NULL::timestamptz AS run_at
+    FROM summary AS s
+    UNION ALL
+    SELECT 1, NULL, NULL, NULL, NULL, c.id, c.task, c.state, c.args, c.kwargs, c.options,
+           c.queue, c.priority, c.eta, c.retries, c.attempts, c.root_id, c.parent_id,
+           c.group_id, c.content_type, c.compression, c.payload, c.signature,
+           c.rate_reserved, c.run_at
+    FROM claimed AS c
+) AS out
+ORDER BY part, priority DESC, run_at, id
 
 -- name: rate_slots
 -- GCRA: `tat` is when the task's next slot is free. Reserve `n` consecutive slots, one every

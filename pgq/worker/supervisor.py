@@ -322,7 +322,7 @@ class Worker:
             if isinstance(result, BaseException):
                 raise result
             rows = result
-            claim_rows = [row[4:] for row in rows if row[4] is not None]
+            claim_rows = [row[4:] for row in rows[1:]]
             claimed = [Job(*row[:-1]) for row in claim_rows]
             if self._rate_limited(claimed):
                 # In a transaction of their own: claimed jobs were never safer than this
