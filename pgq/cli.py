@@ -15,6 +15,7 @@ import click
 import psycopg
 
 from pgq.app import App
+from pgq.config import parse_autoscale
 from pgq.db.connection import check_dsn, execute, first_line
 from pgq.errors import ConfigurationError, PgqError
 
@@ -107,6 +108,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class AutoscaleType(click.ParamType):
+    name = "MAX,MIN"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:
+        try:
+            return parse_autoscale(value)
+        except ConfigurationError as exc:
+            self.fail(str(exc).partition(": ")[2], param, ctx)
+
+
 def _setup_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -122,6 +134,9 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 @dsn_option
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the app's).")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes.")
+@click.option("--autoscale", type=AutoscaleType(),
+              help="Grow the prefork pool up to MAX children while jobs wait, shrink it to MIN "
+              "when they sit idle (default: worker_autoscale).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Where jobs run (default: worker_pool, prefork).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1))
@@ -140,17 +155,18 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
-           concurrency: int | None, pool: str | None, max_tasks_per_child: int | None,
-           max_memory_per_child: int | None, prefetch_multiplier: int | None,
-           time_limit: float | None, soft_time_limit: float | None, beat: bool,
-           hostname: str | None, loglevel: str, log_format: str,
-           metrics_port: int | None) -> None:
+           concurrency: int | None, autoscale: tuple[int, int] | None, pool: str | None,
+           max_tasks_per_child: int | None, max_memory_per_child: int | None,
+           prefetch_multiplier: int | None, time_limit: float | None,
+           soft_time_limit: float | None, beat: bool, hostname: str | None, loglevel: str,
+           log_format: str, metrics_port: int | None) -> None:
     """Run a worker.
 
     \b
     Examples:
       pgq worker -A shop.tasks -c 4
       pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
+      pgq worker -A shop.tasks --autoscale 10,3
     """
     _setup_logging(loglevel, log_format)
     from pgq.worker.supervisor import Worker
@@ -159,7 +175,7 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
     app.import_modules()
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
-                  metrics_port=metrics_port,
+                  metrics_port=metrics_port, autoscale=autoscale,
                   pool=pool or app.conf.worker_pool,
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,

@@ -52,9 +52,10 @@ class PoolConfig:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process `sig` when its parent dies (Linux)."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def _child_main(config: PoolConfig, conn: Connection) -> None:
@@ -62,7 +63,7 @@ def _child_main(config: PoolConfig, conn: Connection) -> None:
     # not kill a job half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     done = 0
     while True:
         try:
@@ -101,6 +102,19 @@ class _Child:
         self.job: Job | None = None
         self.deadline: float | None = None
         self.retiring = False
+        self.idle_since = time.monotonic()
+
+    def idle(self) -> bool:
+        return self.job is None and not self.retiring
+
+    def stop(self) -> None:
+        """Ask an idle child to exit (it is between jobs), and reap it."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(2)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -121,10 +135,32 @@ class PreforkPool:
         self.children = [_Child(self.config) for _ in range(self.config.size)]
 
     def free(self) -> int:
-        return sum(1 for c in self.children if c.job is None and not c.retiring)
+        return sum(1 for c in self.children if c.idle())
 
     def busy(self) -> int:
         return sum(1 for c in self.children if c.job is not None)
+
+    # Resizing, for --autoscale (the supervisor's loop is the only caller: no locking).
+
+    def size(self) -> int:
+        return len(self.children)
+
+    def grow(self, n: int) -> None:
+        self.children.extend(_Child(self.config) for _ in range(n))
+
+    def idle_since(self) -> list[float]:
+        return [c.idle_since for c in self.children if c.idle()]
+
+    def retire_idle(self, n: int, idle_for: float) -> int:
+        """Stop up to `n` children that have had no job for `idle_for` seconds, longest idle
+        first. Only idle children: a running job is never cut short by shrinking."""
+        now = time.monotonic()
+        idle = sorted((c for c in self.children if c.idle() and now - c.idle_since >= idle_for),
+                      key=lambda c: c.idle_since)[:n]
+        for child in idle:
+            self.children.remove(child)
+            child.stop()
+        return len(idle)
 
     def running(self) -> list[Job]:
         return [c.job for c in self.children if c.job is not None]
@@ -133,7 +169,7 @@ class PreforkPool:
         return False
 
     def submit(self, job: Job) -> None:
-        child = next(c for c in self.children if c.job is None and not c.retiring)
+        child = next(c for c in self.children if c.idle())
         child.job = job
         limit = self.config.hard_limit(job)
         child.deadline = time.monotonic() + limit if limit else None
@@ -158,6 +194,7 @@ class PreforkPool:
                         outcome, retiring = child.conn.recv()
                         outcomes.append(outcome)
                         child.job, child.deadline = None, None
+                        child.idle_since = time.monotonic()
                         child.retiring = child.retiring or retiring
                 except (EOFError, OSError):
                     pass  # handled below as a dead child

@@ -21,12 +21,13 @@ import psycopg
 from pgq.db.connection import execute, first_line
 from pgq.db.listener import Listener
 from pgq.task import rate_interval
+from pgq.worker.autoscale import Autoscaler, initial_size
 from pgq.worker.completer import write_outcomes
 from pgq.worker.executor import Job, Outcome
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.metrics import Metrics, PrometheusMetrics
 from pgq.worker.metrics import serve as serve_metrics
-from pgq.worker.pool import POOLS, PoolConfig
+from pgq.worker.pool import POOLS, PoolConfig, PreforkPool
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -59,6 +60,7 @@ class Worker:
         soft_time_limit: float | None = None,
         beat: bool = False,
         metrics_port: int | None = None,
+        autoscale: tuple[int, int] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -66,6 +68,10 @@ class Worker:
         if pool == "solo":
             concurrency = 1
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        autoscale = autoscale or conf.worker_autoscale
+        if autoscale:
+            self.concurrency = initial_size(autoscale, pool,
+                                            concurrency or conf.worker_concurrency)
         # None: size the prefetch from measured run times (see _buffer).
         self.fixed_prefetch = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.hostname = expand_hostname(hostname)
@@ -83,6 +89,11 @@ class Worker:
             time_limit=time_limit or conf.task_time_limit,
             soft_time_limit=soft_time_limit or conf.task_soft_time_limit,
         ))
+        self.autoscaler: Autoscaler | None = None
+        if autoscale and isinstance(self.pool, PreforkPool):
+            self.autoscaler = Autoscaler(self.pool, autoscale[0], autoscale[1],
+                                         float(conf.worker_autoscale_keepalive))
+        self.shown_concurrency = self.concurrency  # as in the workers table
         self.poll_interval = float(conf.worker_poll_interval)
         self.inflight: dict[str, Job] = {}
         self.held: deque[Job] = deque()
@@ -329,7 +340,12 @@ class Worker:
         return listener
 
     def _on_beat(self, conn: psycopg.Connection[Any]) -> None:
-        """Every heartbeat: refresh the gauges (cheap; only when metrics are served)."""
+        """Every heartbeat: show an autoscaled pool's size; refresh the gauges (cheap; only
+        when metrics are served)."""
+        if self.concurrency != self.shown_concurrency:  # autoscaled
+            self.shown_concurrency = self.concurrency
+            execute(conn, self.app.queries.worker_concurrency, {
+                "id": self.id, "concurrency": self.shown_concurrency})
         if isinstance(self.metrics, PrometheusMetrics):
             self.metrics.children(self.pool.busy(), self.concurrency)
             rows = execute(conn, self.app.queries.queue_depth, {"queues": self.queues})
@@ -403,6 +419,8 @@ class Worker:
             want = self._want()
             if want or self._should_flush():
                 self._flush_and_claim(want)
+            if self.autoscaler is not None and not self.stopping:
+                self.concurrency = self.autoscaler.scale(len(self.held) - self.pool.free())
             while self.held and self.pool.free() > 0:
                 self.pool.submit(self.held.popleft())
                 if self.pool.has_ready():
@@ -437,7 +455,9 @@ class Worker:
     def _capacity(self) -> int:
         if self.stopping:
             return 0
-        return self.concurrency + self._buffer() - self.pool.busy() - len(self.held)
+        headroom = self.autoscaler.headroom() if self.autoscaler is not None else 0
+        return (self.concurrency + self._buffer() + headroom - self.pool.busy()
+                - len(self.held))
 
     def _want(self) -> int:
         capacity = self._capacity()
@@ -491,6 +511,10 @@ class Worker:
         deadline = self.pool.next_deadline()
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now))
+        if self.autoscaler is not None and not self.stopping:
+            shrink = self.autoscaler.seconds_to_next_shrink()
+            if shrink is not None:
+                timeout = min(timeout, shrink)
         if self.conn is None:
             timeout = min(timeout, max(0.01, self.db_retry_at - now))
         return timeout
