@@ -152,6 +152,11 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics on this port (needs pgq-tasks[metrics]).")
+@click.option("--reload", is_flag=True,
+              help="Development: start a fresh worker when a .py file of the app changes "
+              "(running jobs finish on the old code). Needs pgq-tasks[reload].")
+@click.option("--reload-dir", "reload_dirs", multiple=True, metavar="DIR",
+              help="With --reload: also watch this directory (repeatable).")
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
@@ -159,7 +164,8 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            prefetch_multiplier: int | None, time_limit: float | None,
            soft_time_limit: float | None, beat: bool, hostname: str | None, loglevel: str,
-           log_format: str, metrics_port: int | None) -> None:
+           log_format: str, metrics_port: int | None, reload: bool,
+           reload_dirs: tuple[str, ...]) -> None:
     """Run a worker.
 
     \b
@@ -167,8 +173,11 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
       pgq worker -A shop.tasks -c 4
       pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
       pgq worker -A shop.tasks --autoscale 10,3
+      pgq worker -A shop.tasks --reload          # development
     """
     _setup_logging(loglevel, log_format)
+    if reload or reload_dirs:
+        _reload(obj, app_spec, reload, reload_dirs, metrics_port)
     from pgq.worker.supervisor import Worker
 
     app = obj.app(app_spec, dsn)
@@ -182,6 +191,22 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
                   prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,
                   soft_time_limit=soft_time_limit).run()
     sys.exit(code)
+
+
+def _reload(obj: Context, app_spec: str | None, reload: bool, reload_dirs: tuple[str, ...],
+            metrics_port: int | None) -> None:
+    """Become the reloader (exits), unless this process is the worker a reloader started."""
+    from pgq.worker import reload as reloader
+
+    if reloader.started_by_reloader():
+        return
+    if not reload:
+        raise click.UsageError("--reload-dir needs --reload")
+    if metrics_port:
+        raise click.UsageError("--reload cannot serve --metrics-port: the old and the new "
+                               "worker overlap while the old one finishes its jobs")
+    dirs = reloader.source_dirs(app_spec or obj.app_spec, reload_dirs)
+    sys.exit(reloader.Reloader(sys.argv[1:], dirs).run())
 
 
 @main.command()
