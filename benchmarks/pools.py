@@ -1,0 +1,137 @@
+"""Pools side by side: prefork against threads, on an I/O-like task and a CPU-bound one.
+
+    .venv/bin/python benchmarks/pools.py [--quick] [--seconds 3] [--dsn DSN]
+
+`bench.io` sleeps 10 ms (a stand-in for an HTTP call); `bench.cpu` burns 5 ms of its own
+thread's CPU (benchmarks/pool_tasks.py). For each task and each pool variant, jobs are
+enqueued first, then `pgq worker -P POOL -c N` is started and the rate is measured from the
+first claim to the last completion (SQL span). Each variant gets about `--seconds` of work at
+its ceiling — slots ÷ task time for I/O; for CPU, at most one core per prefork child (2 cores
+here) and one core in all for threads (the GIL). `memory` is the proportional set size (PSS)
+of the worker and its children once drained, from /proc/PID/smaps_rollup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from common import (
+    CpuMeter,
+    format_table,
+    fresh_schema,
+    local_postmaster,
+    machine_details,
+    print_details,
+    resolve_dsn,
+)
+from psycopg import sql
+
+HERE = Path(__file__).resolve().parent
+PGQ_BIN = str(Path(sys.executable).parent / "pgq")
+VARIANTS = [("prefork", 2), ("prefork", 16), ("threads", 2), ("threads", 16), ("threads", 32)]
+TASKS = {"io": 0.010, "cpu": 0.005}  # task -> seconds per job
+CORES = os.cpu_count() or 1
+
+
+def ceiling(task: str, pool: str, concurrency: int) -> float:
+    """Jobs/s the slots allow if pgq itself cost nothing."""
+    if task == "io":
+        return concurrency / TASKS[task]
+    parallel = min(concurrency, CORES) if pool == "prefork" else 1
+    return parallel / TASKS[task]
+
+
+def pss_mib(pid: int) -> float:
+    """PSS of `pid` and its children (shared pages counted once between them)."""
+    pids = [pid] + [int(p) for p in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total_kib = 0
+    for each in pids:
+        for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+def query(conn: psycopg.Connection[Any], schema: str, text: str) -> Any:
+    row = conn.execute(sql.SQL(text).format(sql.Identifier(schema))).fetchone()
+    assert row is not None
+    return row
+
+
+def run_variant(conn: psycopg.Connection[Any], dsn: str, schema: str, tasks: Any, task: str,
+                pool: str, concurrency: int, seconds: float) -> list[str]:
+    jobs = max(100, round(ceiling(task, pool, concurrency) * seconds, -2))
+    signature = getattr(tasks, task).s
+    tasks.app.enqueue_many([signature(i) for i in range(int(jobs))])
+    env = {**os.environ, "PGQ_BENCH_SCHEMA": schema, "PGQ_DSN": dsn,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    with CpuMeter(local_postmaster(dsn)) as cpu:
+        worker = subprocess.Popen(
+            [PGQ_BIN, "worker", "-A", "pool_tasks", "-P", pool, "-c", str(concurrency),
+             "--dsn", dsn, "-l", "WARNING"], env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60 + 10 * seconds
+            while query(conn, schema, "SELECT count(*) FROM {}.jobs "
+                        "WHERE finished_at IS NULL")[0]:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{pool} -c {concurrency}: worker exited or too slow")
+                time.sleep(0.05)
+            memory = pss_mib(worker.pid)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+    done, span = query(conn, schema, "SELECT count(*) FILTER (WHERE state = 'SUCCESS'), "
+                       "extract(epoch FROM max(finished_at) - min(started_at))::float8 "
+                       "FROM {}.jobs")
+    if done != jobs:
+        raise RuntimeError(f"{pool} -c {concurrency}: {done} of {jobs:.0f} jobs succeeded")
+    conn.execute(sql.SQL("TRUNCATE {}.jobs").format(sql.Identifier(schema)))
+    rate = done / span
+    limit = ceiling(task, pool, concurrency)
+    return [task, pool, str(concurrency), f"{done:,}", f"{rate:,.0f}", f"{limit:,.0f}",
+            f"{rate / limit:.0%}", f"{memory:.0f} MiB", f"{cpu.others / cpu.available:.0%}"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--dsn", help="PostgreSQL DSN (default: $PGQ_DSN, else embedded)")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="work per variant at its ceiling (default 3)")
+    parser.add_argument("--quick", action="store_true", help="0.3 s per variant: smoke test")
+    args = parser.parse_args()
+    seconds = 0.3 if args.quick else args.seconds
+    dsn = resolve_dsn(args.dsn)
+    print_details(machine_details(dsn))
+    rows = []
+    with fresh_schema(dsn, "poolbench") as schema, \
+            psycopg.connect(dsn, autocommit=True) as conn:
+        os.environ["PGQ_BENCH_SCHEMA"] = schema
+        os.environ["PGQ_DSN"] = dsn
+        sys.path.insert(0, str(HERE))
+        import pool_tasks
+
+        try:
+            for task in TASKS:
+                for pool, concurrency in VARIANTS:
+                    rows.append(run_variant(conn, dsn, schema, pool_tasks, task, pool,
+                                            concurrency, seconds))
+                    print(" | ".join(rows[-1]), flush=True)
+        finally:
+            pool_tasks.app.close()
+    print()
+    print(format_table(("task", "pool", "-c", "jobs", "jobs/s", "ceiling", "of ceiling",
+                        "memory", "other CPU"), rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
