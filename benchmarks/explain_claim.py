@@ -34,9 +34,10 @@ INSERT INTO {jobs} (id, task, queue, state, args, run_at, created_at, started_at
 SELECT gen_random_uuid(), 'bench.noop', %(queue)s, 'SUCCESS', jsonb_build_array(i), t, t, t,
        t + interval '2 ms', 1, 'null', 0.1
 FROM generate_series(1, %(n)s) AS i,
-     LATERAL (SELECT now() - interval '12 hours' + i * interval '10 ms') AS x(t)
+     LATERAL (SELECT now() - interval '24 hours' + i * (interval '24 hours' / %(n)s)) AS x(t)
 """
 
+# (Finished jobs above: spread evenly over the last 24 hours, as a steady load leaves them.)
 # Ready jobs: due now, default priority, as `delay()` writes them.
 LOAD_READY = """
 INSERT INTO {jobs} (id, task, queue, args, run_at)

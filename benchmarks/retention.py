@@ -1,7 +1,9 @@
 """Does a big history slow the hot path? Drain 10,000 no-op jobs with `pgq worker -c 2` on an
-empty table, then again with 5,000,000 finished jobs kept, and time the monitoring views.
+empty table, then again with 5,000,000 finished jobs kept, time the monitoring views and show
+their plans; then churn (enqueue, drain, prune, repeated) and watch the table's size.
 
-    .venv/bin/python benchmarks/retention.py [--finished 5000000] [--jobs 10000] [--dsn DSN]
+    .venv/bin/python benchmarks/retention.py [--finished 5000000] [--jobs 10000]
+                                             [--churn-seconds 180] [--explain] [--dsn DSN]
 
 Finished rows stay in `jobs` (the design choice this measures): every hot index is partial
 (`jobs_ready`, `jobs_running`, `jobs_unique_key`), so claims and completions never touch them.
@@ -59,10 +61,71 @@ def view_times(dsn: str, schema: str) -> list[tuple[str, float]]:
     return timings
 
 
+def explain_views(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        for view in VIEWS:
+            query = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT * FROM {}").format(
+                sql.Identifier(schema, view))
+            plan = "\n".join(row[0] for row in conn.execute(query).fetchall())
+            print(f"\n-- {view}\n{plan.replace(schema + '.', '')}")
+
+
+def time_prune(tasks: Any, dsn: str) -> None:
+    """Delete the whole history the way workers do: batches of PRUNE_BATCH, one short
+    transaction each (row locks on the deleted rows only; nothing else waits)."""
+    from pgq.worker.heartbeat import PRUNE_BATCH, prune
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.perf_counter()
+        deleted = prune(tasks.app, conn, 0.0)
+        seconds = time.perf_counter() - started
+    batches = max(1, -(-deleted // PRUNE_BATCH))
+    print(f"\nprune: {deleted:,} finished jobs in {seconds:.1f} s"
+          f" ({deleted / seconds:,.0f} rows/s),"
+          f" {batches:,} transactions of <= {PRUNE_BATCH:,} rows, {seconds / batches * 1000:.0f} ms"
+          " each on average")
+
+
+SIZES = """
+SELECT pg_relation_size(c.oid), pg_indexes_size(c.oid), s.n_live_tup, s.n_dead_tup,
+       s.autovacuum_count
+FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = %s::regclass
+"""
+
+
+def churn(dsn: str, schema: str, tasks: Any, n: int, seconds: float) -> None:
+    """Enqueue, drain and prune for `seconds`: once autovacuum has had its turns, dead rows
+    are reused and the table stops growing instead of growing by `n` rows every cycle."""
+    from pgq.worker.heartbeat import prune
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        naptime = conn.execute("SHOW autovacuum_naptime").fetchone()[0]  # type: ignore[index]
+    print(f"\nchurn for {seconds:.0f} s: each cycle enqueues {n:,} jobs, drains them, then prunes"
+          f" every finished job (autovacuum_naptime={naptime}, the server's own)")
+    print(f"{'cycle':>5}{'drain jobs/s':>14}{'pruned':>9}{'table MB':>10}{'indexes MB':>12}"
+          f"{'live':>10}{'dead':>10}{'autovacuums':>13}")
+    relation = f"{schema}.jobs"
+    deadline = time.monotonic() + seconds
+    cycle = 0
+    while time.monotonic() < deadline:
+        cycle += 1
+        rate = drain(dsn, schema, tasks, n)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            pruned = prune(tasks.app, conn, 0.0)
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            table, indexes, live, dead, vacuums = conn.execute(SIZES, (relation,)).fetchone()  # type: ignore[misc]
+        print(f"{cycle:>5}{rate:>14,.0f}{pruned:>9,}{table / 2**20:>10.1f}"
+              f"{indexes / 2**20:>12.1f}{live:>10,}{dead:>10,}{vacuums:>13}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--finished", type=int, default=5_000_000)
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--churn-seconds", type=float, default=180,
+                        help="enqueue/drain/prune cycles for this long (0: skip)")
+    parser.add_argument("--explain", action="store_true", help="print the views' plans")
     parser.add_argument("--dsn")
     args = parser.parse_args()
     dsn = resolve_dsn(args.dsn)
@@ -73,6 +136,8 @@ def main() -> int:
         empty_views = view_times(dsn, schema)
         started = time.perf_counter()
         with psycopg.connect(dsn, autocommit=True) as conn:
+            if args.finished <= 0:
+                parser.error("--finished must be positive")
             conn.execute("SET pgq.skip_notify = on")
             conn.execute(sql.SQL(LOAD_FINISHED).format(jobs=sql.Identifier(schema, "jobs")),
                          {"queue": QUEUE, "n": args.finished})
@@ -80,14 +145,24 @@ def main() -> int:
         print(f"loaded {args.finished:,} finished jobs in {time.perf_counter() - started:.1f} s")
         full = drain(dsn, schema, tasks, args.jobs)
         full_views = view_times(dsn, schema)
+        if args.explain:
+            explain_views(dsn, schema)
+        report(args.finished, empty, full, empty_views, full_views)
+        time_prune(tasks, dsn)
+        if args.churn_seconds:
+            churn(dsn, schema, tasks, args.jobs, args.churn_seconds)
+    return 0
+
+
+def report(finished: int, empty: float, full: float, empty_views: list[tuple[str, float]],
+           full_views: list[tuple[str, float]]) -> None:
     print()
-    print(f"{'':<34}{'empty':>12}{f'{args.finished:,} kept':>16}{'ratio':>9}")
+    print(f"{'':<34}{'empty':>12}{f'{finished:,} kept':>16}{'ratio':>9}")
     print(f"{'drain jobs/s (-c 2, SQL span)':<34}{empty:>12,.0f}{full:>16,.0f}"
           f"{full / empty:>9.2f}")
     for (view, a), (_, b) in zip(empty_views, full_views, strict=True):
         label = f"SELECT * FROM {view} (ms)"
         print(f"{label:<34}{a:>12.1f}{b:>16.1f}{b / max(a, 0.01):>9.1f}")
-    return 0
 
 
 if __name__ == "__main__":

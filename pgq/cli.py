@@ -241,7 +241,13 @@ def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> 
 
 @main.group()
 def inspect() -> None:
-    """Look at jobs, schedules and tasks: active, scheduled, registered, failed."""
+    """Look at jobs, schedules and tasks: active, scheduled, registered, failed.
+
+    \b
+    Examples:
+      pgq inspect active -A shop.tasks
+      pgq -A shop.tasks inspect failed --limit 50
+    """
 
 
 def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
@@ -254,7 +260,12 @@ def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
 @click.pass_obj
 @_errors
 def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
-    """Jobs running now, with the worker running each."""
+    """Jobs running now, with the worker running each.
+
+    \b
+    Example:
+      pgq inspect active -A shop.tasks
+    """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_active)
@@ -268,7 +279,12 @@ def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
 @click.pass_obj
 @_errors
 def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> None:
-    """Periodic schedules (last and next run) and jobs waiting for their eta."""
+    """Periodic schedules (last and next run) and jobs waiting for their eta.
+
+    \b
+    Example:
+      pgq inspect scheduled -A shop.tasks
+    """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         schedules = execute(conn, app.queries.schedules_list)
@@ -285,7 +301,12 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
 @click.pass_obj
 @_errors
 def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> None:
-    """Tasks the app (-A) registers, with their queue and options."""
+    """Tasks the app (-A) registers, with their queue and options.
+
+    \b
+    Example:
+      pgq inspect registered -A shop.tasks:app
+    """
     app = obj.app(app_spec, dsn)
     app.import_modules()
     rows = [(t.name, t.queue or app.default_queue, t.max_retries, t.rate_limit or "",
@@ -302,7 +323,12 @@ def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> N
 @click.pass_obj
 @_errors
 def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
-    """The most recent failed jobs."""
+    """The most recent failed jobs.
+
+    \b
+    Example:
+      pgq inspect failed -A shop.tasks --limit 50
+    """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_failed, {"limit": limit})
@@ -422,7 +448,13 @@ def _print_status(app: App, as_json: bool) -> None:
 @_errors
 def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
            terminate: bool) -> None:
-    """Revoke a job: it never runs (with --terminate: stop it if running)."""
+    """Revoke a job: it never runs (with --terminate: stop it if running).
+
+    \b
+    Examples:
+      pgq revoke 6f1c7c3e-…              # not started yet: it never runs
+      pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
+    """
     app = obj.app(app_spec, dsn)
     if app.revoke(job_id, terminate=terminate):
         click.echo(f"revoked {job_id}")
@@ -472,7 +504,13 @@ def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[st
 @click.pass_obj
 @_errors
 def prune(obj: Context, app_spec: str | None, dsn: str | None, older_than: str | None) -> None:
-    """Delete finished jobs whose results have expired."""
+    """Delete finished jobs whose results have expired (workers also do this on their own).
+
+    \b
+    Examples:
+      pgq prune -A shop.tasks                 # older than result_expires
+      pgq prune --older-than 7d --dsn postgresql://localhost/shop
+    """
     from pgq.worker.heartbeat import prune as prune_jobs
 
     app = obj.app(app_spec, dsn)
@@ -500,7 +538,13 @@ def parse_duration(text: str) -> float:
 @_errors
 def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
           yes: bool) -> None:
-    """Delete every waiting job (of -Q queues)."""
+    """Delete every waiting job (of -Q queues). Asks first unless --yes.
+
+    \b
+    Examples:
+      pgq purge -A shop.tasks -Q emails
+      pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
+    """
     app = obj.app(app_spec, dsn)
     names = [q.strip() for q in queues.split(",")] if queues else None
     where = f"queue(s) {', '.join(names)}" if names else "all queues"
@@ -551,13 +595,25 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
 
 @main.group()
 def embedded() -> None:
-    """The embedded development PostgreSQL in ./.pgq/pgdata."""
+    """The embedded development PostgreSQL in ./.pgq/pgdata.
+
+    \b
+    Examples:
+      pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
+      pgq embedded status
+      pgq embedded stop
+    """
 
 
 @embedded.command("start")
 @_errors
 def embedded_start() -> None:
-    """Start (or reuse) the embedded server and print its DSN."""
+    """Start (or reuse) the embedded server and print its DSN.
+
+    \b
+    Example:
+      export PGQ_DSN="$(pgq embedded start)"
+    """
     from pgq import embedded as emb
 
     click.echo(emb.ensure_server())
@@ -566,7 +622,12 @@ def embedded_start() -> None:
 @embedded.command("stop")
 @_errors
 def embedded_stop() -> None:
-    """Stop the embedded server."""
+    """Stop the embedded server.
+
+    \b
+    Example:
+      pgq embedded stop
+    """
     from pgq import embedded as emb
 
     click.echo("stopped" if emb.stop_server() else "not running")
@@ -575,7 +636,12 @@ def embedded_stop() -> None:
 @embedded.command("status")
 @_errors
 def embedded_status() -> None:
-    """Print the DSN of the running embedded server, or 'not running'."""
+    """Print the DSN of the running embedded server, or 'not running'.
+
+    \b
+    Example:
+      pgq embedded status
+    """
     from pgq import embedded as emb
 
     click.echo(emb.running_dsn() or "not running")
@@ -588,7 +654,12 @@ def embedded_status() -> None:
 @click.pass_obj
 @_errors
 def result(obj: Context, job_id: str, app_spec: str | None, dsn: str | None) -> None:
-    """Print a job's state and result."""
+    """Print a job's state and result.
+
+    \b
+    Example:
+      pgq result -A shop.tasks 6f1c7c3e-…
+    """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.get_result, {"id": job_id})

@@ -116,3 +116,27 @@ def test_purge_needs_yes_when_not_interactive(app):
 def test_help(command):
     proc = run(command, "--help")
     assert proc.returncode == 0 and "--dsn" in proc.stdout
+
+
+def test_every_command_help_has_examples():
+    """`--help` of every command and subcommand shows at least one example line."""
+    import click
+    from click.testing import CliRunner
+
+    from pgq.cli import main
+
+    def walk(command: click.Command, path: tuple[str, ...]):
+        yield path
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, (*path, name))
+
+    missing = []
+    for path in walk(main, ()):
+        if not path:
+            continue
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        if "Example" not in result.output:
+            missing.append(" ".join(path))
+    assert not missing, f"--help without examples: {missing}"

@@ -63,6 +63,48 @@ def test_task_stats_and_recent_failures(app, db):
     assert failure == ("apps.basic.fail_value", "default", 0, "ValueError", "boom")
 
 
+LIVE_COUNTS = """
+SELECT queue, state, count(*) FROM pgq.jobs GROUP BY queue, state ORDER BY queue, state
+"""
+
+
+def view_counts(db) -> list[tuple]:
+    return db.execute("SELECT queue, state, jobs FROM pgq.queue_stats "
+                      "ORDER BY queue, state").fetchall()
+
+
+def test_queue_stats_counters_follow_every_path(app, db):
+    """Finished jobs are counted by triggers, not by scanning: the view must agree with a
+    full count after workers, revoke, retry, prune, purge, forget and an operator's SQL."""
+    done = [add.delay(i, i) for i in range(5)]
+    failed = [fail_value.delay("x") for _ in range(3)]
+    add.apply_async((0, 0), queue="other")
+    doomed = add.apply_async((1, 1), countdown=600)
+    drain(app)
+    assert view_counts(db) == db.execute(LIVE_COUNTS).fetchall()
+    doomed.revoke()
+    assert run("retry", "-A", "apps.basic", "--failed").returncode == 0  # FAILURE -> PENDING
+    drain(app)  # they fail again
+    done[0].forget()
+    db.execute("DELETE FROM pgq.jobs WHERE id = %s", (done[1].id,))  # an operator's own SQL
+    db.execute("UPDATE pgq.jobs SET finished_at = now() - interval '30 days' WHERE id = %s",
+               (done[2].id,))
+    assert run("prune", "-A", "apps.basic", "--older-than", "7d").returncode == 0
+    add.apply_async((2, 2), queue="other")
+    assert run("purge", "-A", "apps.basic", "-Q", "other", "--yes").returncode == 0
+    expected = db.execute(LIVE_COUNTS).fetchall()
+    assert view_counts(db) == expected
+    assert ("default", "SUCCESS", 2) in expected and ("default", "FAILURE", 3) in expected
+    oldest, live = db.execute(
+        "SELECT (SELECT oldest_age FROM pgq.queue_stats"
+        "        WHERE queue = 'default' AND state = 'FAILURE'),"
+        "       (SELECT now() - min(created_at) FROM pgq.jobs"
+        "        WHERE queue = 'default' AND state = 'FAILURE')").fetchone()
+    assert oldest == live and len(failed) == 3
+    db.execute("TRUNCATE pgq.jobs")
+    assert view_counts(db) == []
+
+
 def test_drain_runs_workflows_in_process(app):
     chain_result = (add.s(1, 1) | add.s(1)).apply_async()
     chord_result = pgq.chord([add.s(i, i) for i in range(3)], tsum.s()).apply_async()
@@ -202,3 +244,21 @@ def test_least_privilege_roles(app, dsn, db):
         for role in (producer, worker, monitor):
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_every_migration_downgrades_and_upgrades_again(dsn, db):
+    """Each revision's downgrade undoes it: base and back to head in a schema of its own."""
+    from alembic import command
+
+    from pgq.migrate import alembic_config, upgrade
+
+    schema = "pgq_roundtrip"
+    db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    upgrade(dsn, schema)
+    command.downgrade(alembic_config(dsn, schema), "base")
+    tables = db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s "
+                        "AND tablename <> 'alembic_version'", (schema,)).fetchone()[0]
+    assert tables == 0
+    upgrade(dsn, schema)
+    assert db.execute(f"SELECT count(*) FROM {schema}.queue_stats").fetchone() == (0,)
+    db.execute(f"DROP SCHEMA {schema} CASCADE")
