@@ -1,6 +1,6 @@
 """Pools side by side: prefork against threads, on an I/O-like task and a CPU-bound one.
 
-    .venv/bin/python benchmarks/pools.py [--quick] [--seconds 3] [--dsn DSN]
+    .venv/bin/python benchmarks/pools.py [--quick] [--seconds 3] [--repeat 1] [--dsn DSN]
 
 `bench.io` sleeps 10 ms (a stand-in for an HTTP call); `bench.cpu` burns 5 ms of its own
 thread's CPU (benchmarks/pool_tasks.py). For each task and each pool variant, jobs are
@@ -8,7 +8,10 @@ enqueued first, then `pgq worker -P POOL -c N` is started and the rate is measur
 first claim to the last completion (SQL span). Each variant gets about `--seconds` of work at
 its ceiling — slots ÷ task time for I/O; for CPU, at most one core per prefork child (2 cores
 here) and one core in all for threads (the GIL). `memory` is the proportional set size (PSS)
-of the worker and its children once drained, from /proc/PID/smaps_rollup.
+of the worker and its children once drained, from /proc/PID/smaps_rollup. With `--repeat N`
+every variant runs N times (interleaved) and the table shows medians, with the range of
+jobs/s. `other CPU` is the share of the machine that other processes used meanwhile: above a
+few percent, the figures are disturbed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -68,7 +72,8 @@ def query(conn: psycopg.Connection[Any], schema: str, text: str) -> Any:
 
 
 def run_variant(conn: psycopg.Connection[Any], dsn: str, schema: str, tasks: Any, task: str,
-                pool: str, concurrency: int, seconds: float) -> list[str]:
+                pool: str, concurrency: int, seconds: float) -> tuple[int, float, float, float]:
+    """(jobs, jobs/s, PSS MiB, other processes' share of the CPU) of one drain."""
     jobs = max(100, round(ceiling(task, pool, concurrency) * seconds, -2))
     signature = getattr(tasks, task).s
     tasks.app.enqueue_many([signature(i) for i in range(int(jobs))])
@@ -95,10 +100,19 @@ def run_variant(conn: psycopg.Connection[Any], dsn: str, schema: str, tasks: Any
     if done != jobs:
         raise RuntimeError(f"{pool} -c {concurrency}: {done} of {jobs:.0f} jobs succeeded")
     conn.execute(sql.SQL("TRUNCATE {}.jobs").format(sql.Identifier(schema)))
-    rate = done / span
+    return done, done / span, memory, cpu.others / cpu.available
+
+
+def row(task: str, pool: str, concurrency: int,
+        runs: list[tuple[int, float, float, float]]) -> list[str]:
+    rates = [r[1] for r in runs]
+    rate = statistics.median(rates)
     limit = ceiling(task, pool, concurrency)
-    return [task, pool, str(concurrency), f"{done:,}", f"{rate:,.0f}", f"{limit:,.0f}",
-            f"{rate / limit:.0%}", f"{memory:.0f} MiB", f"{cpu.others / cpu.available:.0%}"]
+    spread = f"{min(rates):,.0f}-{max(rates):,.0f}" if len(runs) > 1 else ""
+    return [task, pool, str(concurrency), f"{runs[0][0]:,}", f"{rate:,.0f}", spread,
+            f"{limit:,.0f}", f"{rate / limit:.0%}",
+            f"{statistics.median(r[2] for r in runs):.0f} MiB",
+            f"{statistics.median(r[3] for r in runs):.0%}"]
 
 
 def main() -> int:
@@ -106,12 +120,16 @@ def main() -> int:
     parser.add_argument("--dsn", help="PostgreSQL DSN (default: $PGQ_DSN, else embedded)")
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="work per variant at its ceiling (default 3)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of every variant; the table shows medians (default 1)")
     parser.add_argument("--quick", action="store_true", help="0.3 s per variant: smoke test")
     args = parser.parse_args()
     seconds = 0.3 if args.quick else args.seconds
     dsn = resolve_dsn(args.dsn)
     print_details(machine_details(dsn))
-    rows = []
+    variants = [(task, pool, c) for task in TASKS for pool, c in VARIANTS]
+    runs: dict[tuple[str, str, int], list[tuple[int, float, float, float]]] = {
+        v: [] for v in variants}
     with fresh_schema(dsn, "poolbench") as schema, \
             psycopg.connect(dsn, autocommit=True) as conn:
         os.environ["PGQ_BENCH_SCHEMA"] = schema
@@ -120,16 +138,18 @@ def main() -> int:
         import pool_tasks
 
         try:
-            for task in TASKS:
-                for pool, concurrency in VARIANTS:
-                    rows.append(run_variant(conn, dsn, schema, pool_tasks, task, pool,
-                                            concurrency, seconds))
-                    print(" | ".join(rows[-1]), flush=True)
+            for n in range(args.repeat):
+                for variant in variants:
+                    runs[variant].append(run_variant(conn, dsn, schema, pool_tasks, *variant,
+                                                     seconds))
+                    print(f"run {n + 1}: {' | '.join(row(*variant, runs[variant][-1:]))}",
+                          flush=True)
         finally:
             pool_tasks.app.close()
     print()
-    print(format_table(("task", "pool", "-c", "jobs", "jobs/s", "ceiling", "of ceiling",
-                        "memory", "other CPU"), rows))
+    print(format_table(("task", "pool", "-c", "jobs", "jobs/s", "range", "ceiling",
+                        "of ceiling", "memory", "other CPU"),
+                       [row(*variant, runs[variant]) for variant in variants]))
     return 0
 
 
