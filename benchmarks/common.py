@@ -174,6 +174,11 @@ def server_cpu_s(postmaster: int | None) -> float:
         _process_cpu_s(child, False) for child in _children(postmaster))
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU-seconds of a process, its live children and the children it has reaped."""
+    return _process_cpu_s(pid, True) + sum(_process_cpu_s(c, False) for c in _children(pid))
+
+
 def own_cpu_s() -> float:
     """CPU-seconds of this process and of its children that have exited (the worker)."""
     times = os.times()

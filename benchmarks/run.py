@@ -72,14 +72,15 @@ class Result:
 class WorkerProcess:
     """`pgq worker -A bench_tasks -c N --dsn DSN -l WARNING`, in its own session."""
 
-    def __init__(self, dsn: str, schema: str, concurrency: int) -> None:
+    def __init__(self, dsn: str, schema: str, concurrency: int, extra: tuple[str, ...] = ()
+                 ) -> None:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="pgq-bench-worker-",  # noqa: SIM115
                                                suffix=".log", delete=False)
         env = {**os.environ, "PGQ_BENCH_SCHEMA": schema, "PGQ_DSN": dsn,
                "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR),
                                                            os.environ.get("PYTHONPATH")]))}
         command = [str(PGQ_BIN), "worker", "-A", "bench_tasks", "-c", str(concurrency),
-                   "--dsn", dsn, "-l", "WARNING"]
+                   "--dsn", dsn, "-l", "WARNING", *extra]
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env, cwd=BENCH_DIR.parent, start_new_session=True)
 

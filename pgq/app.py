@@ -15,6 +15,7 @@ from pgq.config import Settings
 from pgq.db.connection import ProducerPool, check_dsn, connect, execute
 from pgq.db.queries import Queries, queries_for
 from pgq.errors import ConfigurationError, NotRegistered
+from pgq.events import Events
 from pgq.result import AsyncResult, ResultWaiter, wait_loop
 from pgq.task import Task, make_task
 
@@ -37,7 +38,35 @@ def _is_valid_schema(name: str) -> bool:
 
 
 class App:
-    """`pgq.App("shop", dsn=...)` — Celery's constructor shape."""
+    """The application: settings, the task registry and the way to the database.
+
+    `pgq.App("shop", dsn=...)` has Celery's constructor shape, so
+    `Celery("shop", broker=..., backend=..., include=[...])` keeps working after the import
+    changes (`from pgq import Celery` is an alias). Creating an App opens no connection.
+
+    Args:
+        name: The app's name (Celery's `main`), for logs and `repr`.
+        dsn: A libpq connection string or URL. `None`: `$PGQ_DSN`, read when a connection
+            is first needed; when that is unset too, an embedded PostgreSQL in
+            `./.pgq/pgdata` (needs the `pgq-tasks[embedded]` extra).
+        schema: The Postgres schema holding pgq's tables, views and functions.
+        default_queue: The queue of tasks that name none (setting `task_default_queue`,
+            default `"default"`).
+        broker: Celery's broker URL: a `postgresql://` URL is used as the DSN, any other
+            is ignored with one warning.
+        backend: Celery's result backend URL, read like `broker`.
+        include: Modules that `pgq worker` imports at start (the tasks' modules).
+        **settings: Any setting (see the configuration page), e.g. `worker_lost_timeout=10`.
+
+    Raises:
+        ConfigurationError: An unknown setting name, a bad DSN or schema name.
+    """
+
+    conf: Settings
+    """The settings (Celery's `app.conf`): `app.conf.update(task_default_queue="shop")`,
+    `app.conf.worker_concurrency = 8`; attribute and mapping access."""
+    tasks: dict[str, Task]
+    """The registered tasks by name."""
 
     def __init__(
         self,
@@ -100,6 +129,7 @@ class App:
 
     @property
     def default_queue(self) -> str:
+        """The queue of tasks and calls that name none (setting `task_default_queue`)."""
         return str(self.conf.task_default_queue)
 
     @property
@@ -116,10 +146,14 @@ class App:
         return self._dsn
 
     def config_from_object(self, obj: Any, **_: Any) -> None:
+        """Load settings from a module, a dotted module name, a class or a mapping: every
+        lowercase, non-callable attribute is a setting (Celery's `celeryconfig` style)."""
         self.conf.from_object(obj)
 
     def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]],
                            related_name: str = "tasks", force: bool = False) -> None:
+        """Add `<package>.tasks` of each package to the modules workers import at start;
+        `force=True` imports them now."""
         names = packages() if callable(packages) else packages
         self.conf.update(include=[*self.conf.include, *(f"{p}.{related_name}" for p in names)])
         if force:
@@ -154,7 +188,24 @@ class App:
     def task(self, fn: None = None, **options: Any) -> Callable[[F], Task]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
-        """`@app.task` or `@app.task(name=..., queue=..., ...)`."""
+        """Register a function as a task: `@app.task` or `@app.task(name=..., queue=...)`.
+
+        Options (all optional, Celery's names): `name` (default `module.qualname`), `queue`,
+        `priority` (0 to 9, 9 runs first), `max_retries` (default 3, `None` = forever),
+        `default_retry_delay`, `autoretry_for`, `retry_kwargs`, `retry_backoff`,
+        `retry_backoff_max`, `retry_jitter`, `time_limit`, `soft_time_limit`, `rate_limit`
+        (`"10/s"`, across all workers), `ignore_result`, `expires`, `bind` (pass the task
+        as `self`), `unique` (deduplicate by name and arguments), `base` (a `Task`
+        subclass), `serializer`; `acks_late`, `typing`, `track_started`, `throws` and
+        `shared` are accepted and change nothing.
+
+        Returns:
+            The `Task` (or, with options, a decorator that makes one).
+
+        Raises:
+            ConfigurationError: An unknown option, a bad `rate_limit`, or a name that is
+                already registered.
+        """
 
         def register(func: Callable[..., Any]) -> Task:
             base = options.pop("base", None) or Task
@@ -223,7 +274,8 @@ class App:
         _task: Task | None = None,
         **options: Any,
     ) -> AsyncResult:
-        """Enqueue a job by task name (the producer need not import the task's code)."""
+        """Enqueue a job by task name, for a producer that does not import the task's code.
+        Takes the arguments and options of `Task.apply_async`; returns its `AsyncResult`."""
         task = _task or self.tasks.get(name)
         row = enqueue.build_row(self, name, args, kwargs, options, task)
         if self.conf.task_always_eager and connection is None:
@@ -235,13 +287,13 @@ class App:
         """`task_always_eager`: run the job here and now (for unit tests of user code)."""
         import traceback
 
-        from pgq import serialization
+        from pgq import payload
         from pgq.request import Request, pop, push
         from pgq.result import EagerResult
 
         if task is None:
             raise NotRegistered(f"task {row.task!r} is not registered in this app")
-        args, kwargs = serialization.loads(row.args), serialization.loads(row.kwargs)
+        args, kwargs = payload.decode_arguments(payload.worker_policy(self), row, {})
         push(Request(id=row.id, task=row.task, args=args, kwargs=kwargs, queue=row.queue,
                      priority=row.priority, root_id=row.root_id or row.id,
                      parent_id=row.parent_id, group_id=row.group_id, called_directly=False,
@@ -287,12 +339,20 @@ class App:
                             task_name=sig["task"]) for sig, is_flow in zip(sigs, kinds,
                                                                            strict=True)]
 
+    @property
+    def events(self) -> Events:
+        """Live events: `for event in app.events(): ...`, or Celery's
+        `app.events.Receiver(handlers={...}).capture()` (see docs/events.md)."""
+        return Events(self)
+
     # --- results ----------------------------------------------------------------------------
 
     def AsyncResult(self, id: str, **kwargs: Any) -> AsyncResult:
+        """The handle on the job `id` of this app (any job id, from any process)."""
         return AsyncResult(id, app=self, **kwargs)
 
     def GroupResult(self, id: str, results: Sequence[_Result]) -> Any:
+        """A `GroupResult` over these member results."""
         from pgq.result import GroupResult
 
         return GroupResult(id, results, app=self)
@@ -333,11 +393,14 @@ class App:
     # --- database ---------------------------------------------------------------------------
 
     def migrate(self, sql: bool = False) -> str | None:
+        """Bring the app's schema to the newest version, as `pgq migrate` does (safe to run
+        twice, or from several processes at once); `sql=True` returns the SQL instead."""
         from pgq.migrate import upgrade
 
         return upgrade(self.dsn, self.schema, sql=sql)
 
     def close(self) -> None:
+        """Close the app's connection pool and its LISTEN connection (reopened on demand)."""
         if self._pool is not None:
             self._pool.close()
         if self._waiter is not None and self._waiter_pid == os.getpid():
@@ -355,7 +418,25 @@ class App:
         self.periodic_tasks[key] = (schedule, sig)
         return key
 
+    def setup_security(self, allowed_serializers: Any = None, key: Any = None,
+                       key_password: Any = None, cert: Any = None, store: Any = None,
+                       digest: Any = None, serializer: Any = None, *,
+                       hmac_key: Any = None) -> None:
+        """Celery's `app.setup_security()`: sign what this app sends (`key`: an Ed25519
+        private key, or `hmac_key`) and require signed jobs in its workers (verified with
+        the public keys in `store`, or `hmac_key`). `cert` and `digest` are accepted and
+        unused; `allowed_serializers`/`serializer` set accept_content/task_serializer."""
+        from pgq import security
+
+        if allowed_serializers is not None:
+            self.conf.update(accept_content=allowed_serializers)
+        if serializer is not None:
+            self.conf.update(task_serializer=serializer)
+        security.setup(self, key=key, key_password=key_password, store=store,
+                       hmac_key=hmac_key)
+
     def get_task(self, name: str) -> Task:
+        """The registered task `name`; raises `NotRegistered` if there is none."""
         try:
             return self.tasks[name]
         except KeyError:

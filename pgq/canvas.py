@@ -18,7 +18,12 @@ def _current_app(app: App | None) -> App:
 
 
 class Signature(dict[str, Any]):
-    """`add.s(2, 3)`: a task name with partial args, kwargs and calling options."""
+    """`add.s(2, 3)`: a task name with partial args, kwargs and calling options.
+
+    A signature is a plain `dict` (`task`, `args`, `kwargs`, `options`, `immutable`,
+    `subtask_type`), so it survives a JSON round trip; `pgq.signature(d)` rebuilds one.
+    `a | b` makes a chain.
+    """
 
     def __init__(
         self,
@@ -69,6 +74,8 @@ class Signature(dict[str, Any]):
         return bool(self["immutable"])
 
     def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+        """Add calling options (`queue=`, `countdown=`, `priority=`, …) in place; returns the
+        signature itself."""
         if immutable is not None:
             self["immutable"] = immutable
         self["options"] = {**self["options"], **options}
@@ -76,6 +83,7 @@ class Signature(dict[str, Any]):
 
     def clone(self, args: Sequence[Any] | None = None,
               kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        """A copy with more arguments (positional ones go first) and options."""
         sig = Signature(dict(self), app=self._app)
         sig["args"], sig["kwargs"] = self.merged_args(args, kwargs)
         sig["options"] = {**self["options"], **options}
@@ -91,11 +99,14 @@ class Signature(dict[str, Any]):
 
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Enqueue the task with the signature's arguments plus these (positional ones go
+        first), and its options updated with these (as `Task.apply_async`)."""
         all_args, all_kwargs = self.merged_args(args, kwargs)
         return self.app.send_task(self.task, all_args, all_kwargs,
                                   **{**self.options, **options})
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """`apply_async(args, kwargs)` without options."""
         return self.apply_async(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -104,6 +115,7 @@ class Signature(dict[str, Any]):
         return self.app.tasks[self.task](*all_args, **all_kwargs)
 
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]
+        """`a | b`: a chain of the two."""
         return chain(self, other)
 
     def __repr__(self) -> str:
@@ -115,17 +127,24 @@ class Signature(dict[str, Any]):
 def signature(value: Mapping[str, Any] | str, *args: Any, **kwargs: Any) -> Signature:
     """Rebuild a signature from its dict form (or build one from a task name)."""
     if isinstance(value, Mapping):
+        app = getattr(value, "_app", None)  # a Signature object keeps the app it was made by
         kind = value.get("subtask_type")
         if kind == "chain":
-            return chain(*[signature(s) for s in value["kwargs"]["tasks"]])
+            return chain(*[signature(s) for s in value["kwargs"]["tasks"]], app=app)
         if kind == "group":
-            return group([signature(s) for s in value["kwargs"]["tasks"]])
+            return group([signature(s) for s in value["kwargs"]["tasks"]], app=app)
         if kind == "chord":
             body = value["kwargs"].get("body")
             return chord([signature(s) for s in value["kwargs"]["header"]],
-                         signature(body) if body else None)
-        return Signature(value)
+                         signature(body) if body else None, app=app)
+        return Signature(value, app=app)
     return Signature(value, *args, **kwargs)
+
+
+def _app_of(members: Iterable[Signature | None], app: App | None) -> App | None:
+    """A workflow belongs to the app given, else to the app of its first member that has
+    one (as in Celery), and only then to the most recently created App."""
+    return app or next((m._app for m in members if m is not None and m._app), None)
 
 
 def _start(sig: Signature, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
@@ -149,10 +168,12 @@ class chain(Signature):
             tasks[0], Mapping) else tasks
         for task in items:
             flat.extend(task.tasks if isinstance(task, chain) else [signature(task)])
-        super().__init__("pgq.chain", (), {"tasks": flat}, subtask_type="chain", app=app)
+        super().__init__("pgq.chain", (), {"tasks": flat}, subtask_type="chain",
+                         app=_app_of(flat, app))
 
     @property
     def tasks(self) -> list[Signature]:
+        """The steps, in order."""
         return [signature(s) for s in self["kwargs"]["tasks"]]
 
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]
@@ -160,6 +181,9 @@ class chain(Signature):
 
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Enqueue the chain (its first step's row; `connection=` works as for a task).
+        `args`/`kwargs` go to the first step. Returns the last step's result, whose
+        `.parent` walks back through the steps."""
         from pgq.result import AsyncResult
 
         started = _start(self, args, kwargs, options)
@@ -179,15 +203,19 @@ class group(Signature):
     def __init__(self, *tasks: Signature | Iterable[Signature], app: App | None = None) -> None:
         items: Iterable[Any] = tasks[0] if len(tasks) == 1 and not isinstance(
             tasks[0], Mapping) else tasks
-        super().__init__("pgq.group", (), {"tasks": [signature(t) for t in items]},
-                         subtask_type="group", app=app)
+        members = [signature(t) for t in items]
+        super().__init__("pgq.group", (), {"tasks": members}, subtask_type="group",
+                         app=_app_of(members, app))
 
     @property
     def tasks(self) -> list[Signature]:
+        """The members, in order."""
         return [signature(s) for s in self["kwargs"]["tasks"]]
 
     def apply_async(self, args: Sequence[Any] | None = None,  # type: ignore[override]
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult:
+        """Enqueue every member in one transaction (`connection=` works as for a task).
+        `args`/`kwargs` go to every member."""
         from pgq.result import AsyncResult, GroupResult
 
         started = _start(self, args, kwargs, options)
@@ -206,21 +234,26 @@ class chord(Signature):
                  body: Signature | None = None, app: App | None = None) -> None:
         if isinstance(header, Mapping) and header.get("subtask_type") == "group":
             header = signature(header).tasks  # type: ignore[attr-defined]
-        super().__init__("pgq.chord", (), {"header": [signature(t) for t in header],
-                                            "body": signature(body) if body else None},
-                         subtask_type="chord", app=app)
+        members = [signature(t) for t in header]
+        body_sig = signature(body) if body else None
+        super().__init__("pgq.chord", (), {"header": members, "body": body_sig},
+                         subtask_type="chord", app=_app_of([*members, body_sig], app))
 
     @property
     def tasks(self) -> list[Signature]:
+        """The header's signatures."""
         return [signature(s) for s in self["kwargs"]["header"]]
 
     @property
     def body(self) -> Signature | None:
+        """The body's signature, or `None` until one is given."""
         body = self["kwargs"]["body"]
         return signature(body) if body else None
 
     def apply_async(self, args: Sequence[Any] | None = None,
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Enqueue the header jobs and the chord's counter row in one transaction. Returns
+        the body's result: it fails with `ChordError` if a header job fails."""
         from pgq.errors import PgqError
         from pgq.result import AsyncResult
 
@@ -231,6 +264,7 @@ class chord(Signature):
 
     def __call__(self, body: Signature | None = None, **options: Any  # type: ignore[override]
                  ) -> AsyncResult:
+        """`chord(header)(body)`: set the body and enqueue, as Celery's shorthand."""
         if body is not None:
             self["kwargs"]["body"] = body
         return self.apply_async(**options)

@@ -139,15 +139,21 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
               "when they sit idle (default: worker_autoscale).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Where jobs run (default: worker_pool, prefork).")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1))
-@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB")
-@click.option("--prefetch-multiplier", type=click.IntRange(min=1))
-@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S")
-@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a child process after it ran N jobs.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a child process once its memory (RSS) exceeds KIB.")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=1),
+              help="Hold at most concurrency x N jobs (default: sized from run times).")
+@click.option("--time-limit", type=click.FloatRange(min=0), metavar="S",
+              help="Hard time limit for tasks that set none: the child is killed.")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0), metavar="S",
+              help="Soft time limit for tasks that set none: SoftTimeLimitExceeded.")
 @click.option("-B", "--beat", is_flag=True, help="Also run the scheduler in this worker.")
 @click.option("-n", "--hostname", help="Name shown in self.request.hostname and worker_status "
               "(%h, %n, %d expand as in Celery).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
@@ -157,6 +163,12 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
               "(running jobs finish on the old code). Needs pgq-tasks[reload].")
 @click.option("--reload-dir", "reload_dirs", multiple=True, metavar="DIR",
               help="With --reload: also watch this directory (repeatable).")
+@click.option("-E", "--task-events/--without-task-events", default=None,
+              help="Publish task events for `pgq events` (default: worker_send_task_events, "
+              "on).")
+@click.option("--without-heartbeat", is_flag=True,
+              help="Publish no worker-online/heartbeat/offline events (the liveness "
+              "heartbeat in the database goes on).")
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
@@ -165,15 +177,17 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
            prefetch_multiplier: int | None, time_limit: float | None,
            soft_time_limit: float | None, beat: bool, hostname: str | None, loglevel: str,
            log_format: str, metrics_port: int | None, reload: bool,
-           reload_dirs: tuple[str, ...]) -> None:
-    """Run a worker.
+           reload_dirs: tuple[str, ...], task_events: bool | None,
+           without_heartbeat: bool) -> None:
+    """Run a worker: claim jobs of its queues and run them in a pool.
+
+    Examples:
 
     \b
-    Examples:
-      pgq worker -A shop.tasks -c 4
-      pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
-      pgq worker -A shop.tasks --autoscale 10,3
-      pgq worker -A shop.tasks --reload          # development
+        pgq worker -A shop.tasks -c 4
+        pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
+        pgq worker -A shop.tasks --autoscale 10,3
+        pgq worker -A shop.tasks --reload          # development
     """
     _setup_logging(loglevel, log_format)
     if reload or reload_dirs:
@@ -182,6 +196,7 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
 
     app = obj.app(app_spec, dsn)
     app.import_modules()
+    _check_security(app)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
                   metrics_port=metrics_port, autoscale=autoscale,
@@ -189,7 +204,8 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,
                   prefetch_multiplier=prefetch_multiplier, time_limit=time_limit,
-                  soft_time_limit=soft_time_limit).run()
+                  soft_time_limit=soft_time_limit, task_events=task_events,
+                  heartbeat_events=not without_heartbeat).run()
     sys.exit(code)
 
 
@@ -209,20 +225,32 @@ def _reload(obj: Context, app_spec: str | None, reload: bool, reload_dirs: tuple
     sys.exit(reloader.Reloader(sys.argv[1:], dirs).run())
 
 
+def _check_security(app: Any) -> None:
+    """Bad keys fail the worker at start, not each job; a worker that must verify but cannot
+    sign what it enqueues is warned."""
+    from pgq import security
+
+    for warning in security.check_worker_config(app):
+        logging.getLogger("pgq.worker").warning("%s", warning)
+
+
 @main.command()
 @app_option
 @dsn_option
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR.")
 @click.pass_obj
 @_errors
 def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> None:
-    """Run the scheduler: enqueue periodic tasks when due. Run as many as you like: each due
-    run is enqueued once.
+    """Run the scheduler: enqueue periodic tasks when due.
+
+    Run as many as you like: each due run is enqueued once.
+
+    Examples:
 
     \b
-    Examples:
-      pgq beat -A shop.tasks
-      pgq worker -A shop.tasks -B      # the same, inside a worker
+        pgq beat -A shop.tasks
+        pgq worker -A shop.tasks -B      # the same, inside a worker
     """
     import signal as signals
 
@@ -243,10 +271,11 @@ def beat(obj: Context, app_spec: str | None, dsn: str | None, loglevel: str) -> 
 def inspect() -> None:
     """Look at jobs, schedules and tasks: active, scheduled, registered, failed.
 
-    \b
     Examples:
-      pgq inspect active -A shop.tasks
-      pgq -A shop.tasks inspect failed --limit 50
+
+    \b
+        pgq inspect active -A shop.tasks
+        pgq -A shop.tasks inspect failed --limit 50
     """
 
 
@@ -262,15 +291,17 @@ def _print_rows(headers: list[str], rows: list[Any], empty: str) -> None:
 def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Jobs running now, with the worker running each.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect active -A shop.tasks
+        pgq inspect active -A shop.tasks
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_active)
-    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR"],
-                [(r[0], r[1], r[2], r[3], r[4], _age(r[5])) for r in rows], "no active jobs")
+    _print_rows(["ID", "TASK", "QUEUE", "WORKER HOST", "PID", "RUNNING FOR", "PAYLOAD"],
+                [(r[0], r[1], r[2], r[3], r[4], _age(r[5]), _payload(r[6:])) for r in rows],
+                "no active jobs")
 
 
 @inspect.command("scheduled")
@@ -281,9 +312,10 @@ def inspect_active(obj: Context, app_spec: str | None, dsn: str | None) -> None:
 def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Periodic schedules (last and next run) and jobs waiting for their eta.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect scheduled -A shop.tasks
+        pgq inspect scheduled -A shop.tasks
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
@@ -292,7 +324,8 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
     _print_rows(["SCHEDULE", "TASK", "EVERY", "TZ", "ENABLED", "LAST RUN", "NEXT RUN"],
                 schedules, "no periodic schedules")
     click.echo()
-    _print_rows(["ID", "TASK", "QUEUE", "ETA"], waiting, "no jobs waiting for an eta")
+    _print_rows(["ID", "TASK", "QUEUE", "ETA", "PAYLOAD"],
+                [(*r[:4], _payload(r[4:])) for r in waiting], "no jobs waiting for an eta")
 
 
 @inspect.command("registered")
@@ -303,9 +336,10 @@ def inspect_scheduled(obj: Context, app_spec: str | None, dsn: str | None) -> No
 def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> None:
     """Tasks the app (-A) registers, with their queue and options.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect registered -A shop.tasks:app
+        pgq inspect registered -A shop.tasks:app
     """
     app = obj.app(app_spec, dsn)
     app.import_modules()
@@ -319,21 +353,22 @@ def inspect_registered(obj: Context, app_spec: str | None, dsn: str | None) -> N
 @inspect.command("failed")
 @app_option
 @dsn_option
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="Show at most this many.")
 @click.pass_obj
 @_errors
 def inspect_failed(obj: Context, app_spec: str | None, dsn: str | None, limit: int) -> None:
     """The most recent failed jobs.
 
+    Examples:
+
     \b
-    Example:
-      pgq inspect failed -A shop.tasks --limit 50
+        pgq inspect failed -A shop.tasks --limit 50
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:
         rows = execute(conn, app.queries.inspect_failed, {"limit": limit})
-    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR"], rows,
-                "no failed jobs")
+    _print_rows(["ID", "TASK", "QUEUE", "FAILED AT", "RETRIES", "ERROR", "PAYLOAD"],
+                [(*r[:6], _payload(r[6:])) for r in rows], "no failed jobs")
 
 
 @main.command()
@@ -347,10 +382,11 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
             sql: bool) -> None:
     """Bring the database schema to the newest version (safe to run twice, or at once).
 
-    \b
     Examples:
-      pgq migrate --dsn postgresql://localhost/shop
-      pgq migrate --sql > pgq.sql
+
+    \b
+        pgq migrate --dsn postgresql://localhost/shop
+        pgq migrate --sql > pgq.sql
     """
     from pgq.migrate import upgrade
 
@@ -364,6 +400,25 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
         click.echo(out, nl=False)
     else:
         click.echo(f"pgq schema {target!r} is up to date")
+
+
+def _payload(columns: Any) -> str:
+    """`msgpack+zlib 1.2 kB (41.0 kB raw), hmac-sha256` from a job_payloads row's columns."""
+    from pgq.payload import describe
+
+    content_type, compression, scheme, stored, raw = columns
+    label = f"{describe(content_type, compression)} {_bytes(stored)}"
+    if raw is not None and raw != stored:
+        label += f" ({_bytes(raw)} raw)"
+    return f"{label}, {scheme}" if scheme else label
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -398,11 +453,12 @@ def status(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool,
            watch: float | None) -> None:
     """Show queues (jobs per state, oldest waiting, jobs/min) and workers.
 
-    \b
     Examples:
-      pgq status -A shop.tasks
-      pgq status --watch          # refresh every 2 s
-      pgq status --json | jq '.queues'
+
+    \b
+        pgq status -A shop.tasks
+        pgq status --watch          # refresh every 2 s
+        pgq status --json | jq '.queues'
     """
     import time
 
@@ -442,6 +498,74 @@ def _print_status(app: App, as_json: bool) -> None:
 @main.command()
 @app_option
 @dsn_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for tools.")
+@click.option("-Q", "--queues", help="Only task events of these queues (comma-separated).")
+@click.option("-d", "--dump", is_flag=True, hidden=True, help="Celery's spelling; the default.")
+@click.pass_obj
+@_errors
+def events(obj: Context, app_spec: str | None, dsn: str | None, as_json: bool,
+           queues: str | None, dump: bool) -> None:
+    """Print the live stream of worker and task events until Ctrl-C.
+
+    Examples:
+
+    \b
+        pgq -A shop.tasks events
+        pgq events --json | jq 'select(.type == "task-failed")'
+    """
+    import signal as signals
+
+    from pgq.events import EventReceiver
+
+    app = obj.app(app_spec, dsn)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    receiver = EventReceiver(app, queues=names)
+    signals.signal(signals.SIGTERM, lambda *_: setattr(receiver, "should_stop", True))
+    receiver.start()
+    click.echo(f"listening for events on {app.queries.events_channel} (Ctrl-C to stop)",
+               err=True)
+    try:
+        for event in receiver:
+            click.echo(orjson_line(event) if as_json else format_event(event))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.close()
+
+
+def orjson_line(event: dict[str, Any]) -> str:
+    import orjson
+
+    return orjson.dumps(event).decode()
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One readable line: time, host, type, task[id], then what the event says."""
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(event["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
+    kind = event["type"]
+    head = f"{when}  {event.get('hostname')}  {kind}"
+    if not kind.startswith("task-"):
+        return (f"{head}  pid={event.get('pid')} active={event.get('active')} "
+                f"processed={event.get('processed')} queues={','.join(event.get('queues') or [])}")
+    head += f"  {event.get('name')}[{event.get('uuid')}]"
+    if kind == "task-received":
+        return f"{head}  args={event.get('args')} kwargs={event.get('kwargs')}"
+    if kind == "task-succeeded":
+        runtime = float(event.get("runtime") or 0)
+        return f"{head}  result={event.get('result')} runtime={runtime:.4f}s"
+    if kind in ("task-failed", "task-retried"):
+        return f"{head}  {event.get('exception')}"
+    if kind == "task-revoked":
+        return (f"{head}  terminated={event.get('terminated')} "
+                f"expired={event.get('expired')}")
+    return head
+
+
+@main.command()
+@app_option
+@dsn_option
 @click.argument("job_id")
 @click.option("--terminate", is_flag=True, help="Kill the child running it.")
 @click.pass_obj
@@ -450,10 +574,11 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
            terminate: bool) -> None:
     """Revoke a job: it never runs (with --terminate: stop it if running).
 
-    \b
     Examples:
-      pgq revoke 6f1c7c3e-…              # not started yet: it never runs
-      pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
+
+    \b
+        pgq revoke 6f1c7c3e-…              # not started yet: it never runs
+        pgq revoke --terminate 6f1c7c3e-…  # running: its child is stopped too
     """
     app = obj.app(app_spec, dsn)
     if app.revoke(job_id, terminate=terminate):
@@ -472,13 +597,15 @@ def revoke(obj: Context, app_spec: str | None, dsn: str | None, job_id: str,
 @_errors
 def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[str, ...],
           failed: bool, queues: str | None) -> None:
-    """Put finished jobs back in their queue under the same id (result cleared, retry count
-    reset).
+    """Put finished jobs back in their queue under the same id.
+
+    The result is cleared and the retry count reset.
+
+    Examples:
 
     \b
-    Examples:
-      pgq retry 6f1c7c3e-…            # one job
-      pgq retry --failed -Q payments  # every failed job of a queue
+        pgq retry 6f1c7c3e-…            # one job
+        pgq retry --failed -Q payments  # every failed job of a queue
     """
     if bool(job_ids) == failed:
         raise PgqError("give job ids or --failed (not both)")
@@ -506,10 +633,11 @@ def retry(obj: Context, app_spec: str | None, dsn: str | None, job_ids: tuple[st
 def prune(obj: Context, app_spec: str | None, dsn: str | None, older_than: str | None) -> None:
     """Delete finished jobs whose results have expired (workers also do this on their own).
 
-    \b
     Examples:
-      pgq prune -A shop.tasks                 # older than result_expires
-      pgq prune --older-than 7d --dsn postgresql://localhost/shop
+
+    \b
+        pgq prune -A shop.tasks                 # older than result_expires
+        pgq prune --older-than 7d --dsn postgresql://localhost/shop
     """
     from pgq.worker.heartbeat import prune as prune_jobs
 
@@ -540,10 +668,11 @@ def purge(obj: Context, app_spec: str | None, dsn: str | None, queues: str | Non
           yes: bool) -> None:
     """Delete every waiting job (of -Q queues). Asks first unless --yes.
 
-    \b
     Examples:
-      pgq purge -A shop.tasks -Q emails
-      pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
+
+    \b
+        pgq purge -A shop.tasks -Q emails
+        pgq purge -A shop.tasks --yes     # every queue, no question (scripts)
     """
     app = obj.app(app_spec, dsn)
     names = [q.strip() for q in queues.split(",")] if queues else None
@@ -571,10 +700,11 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
           worker_role: str | None, monitor: str | None, create: bool, sql: bool) -> None:
     """Grant least-privilege access to the pgq schema (run after pgq migrate).
 
-    \b
     Examples:
-      pgq grant --producer web --worker jobs --monitor grafana
-      pgq grant --producer web --sql > grants.sql
+
+    \b
+        pgq grant --producer web --worker jobs --monitor grafana
+        pgq grant --producer web --sql > grants.sql
     """
     from pgq.db.grants import grant_statements
 
@@ -597,11 +727,12 @@ def grant(obj: Context, app_spec: str | None, dsn: str | None, producer: str | N
 def embedded() -> None:
     """The embedded development PostgreSQL in ./.pgq/pgdata.
 
-    \b
     Examples:
-      pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
-      pgq embedded status
-      pgq embedded stop
+
+    \b
+        pgq embedded start     # prints its DSN; producers and workers without PGQ_DSN use it
+        pgq embedded status
+        pgq embedded stop
     """
 
 
@@ -610,9 +741,10 @@ def embedded() -> None:
 def embedded_start() -> None:
     """Start (or reuse) the embedded server and print its DSN.
 
+    Examples:
+
     \b
-    Example:
-      export PGQ_DSN="$(pgq embedded start)"
+        export PGQ_DSN="$(pgq embedded start)"
     """
     from pgq import embedded as emb
 
@@ -624,9 +756,10 @@ def embedded_start() -> None:
 def embedded_stop() -> None:
     """Stop the embedded server.
 
+    Examples:
+
     \b
-    Example:
-      pgq embedded stop
+        pgq embedded stop
     """
     from pgq import embedded as emb
 
@@ -638,9 +771,10 @@ def embedded_stop() -> None:
 def embedded_status() -> None:
     """Print the DSN of the running embedded server, or 'not running'.
 
+    Examples:
+
     \b
-    Example:
-      pgq embedded status
+        pgq embedded status
     """
     from pgq import embedded as emb
 
@@ -656,9 +790,10 @@ def embedded_status() -> None:
 def result(obj: Context, job_id: str, app_spec: str | None, dsn: str | None) -> None:
     """Print a job's state and result.
 
+    Examples:
+
     \b
-    Example:
-      pgq result -A shop.tasks 6f1c7c3e-…
+        pgq result -A shop.tasks 6f1c7c3e-…
     """
     app = obj.app(app_spec, dsn)
     with app.connect() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,33 +13,32 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
+from pgq import payload, serialization, signals
 from pgq import request as request_context
-from pgq import serialization
 from pgq.db.connection import dbapi_connection, execute
-from pgq.errors import PgqError
+from pgq.errors import InvalidOption
 
 if TYPE_CHECKING:
     from pgq.app import App
     from pgq.task import Task
 
 
-class InvalidOption(PgqError, ValueError):
-    """A calling option (countdown, priority, queue, ...) has a value pgq cannot use."""
-
-
 # Per-call options the worker needs at run time; stored in the row's `options` column.
 RUNTIME_OPTIONS = ("time_limit", "soft_time_limit", "ignore_result", "headers", "link",
                    "link_error", "shadow", "max_retries", "chain", "chord")
 # Accepted for Celery compatibility; they change nothing here.
-IGNORED_OPTIONS = frozenset({"retry", "retry_policy", "serializer", "compression", "exchange",
+IGNORED_OPTIONS = frozenset({"retry", "retry_policy", "exchange",
                              "exchange_type", "delivery_mode", "mandatory", "immediate",
                              "add_to_parent", "reply_to", "producer", "publisher",
                              "correlation_id", "group_index",
                              "routing_key", "task_id", "connection", "unique_key", "queue",
                              "priority", "countdown", "eta", "expires", "subtask_type"})
 
-ALLOWED_OPTIONS = frozenset(RUNTIME_OPTIONS) | IGNORED_OPTIONS | {"group_id", "root_id",
-                                                                   "parent_id"}
+# How the arguments are encoded: they shape the row itself (docs/serialization.md).
+PAYLOAD_OPTIONS = ("serializer", "compression")
+
+ALLOWED_OPTIONS = (frozenset(RUNTIME_OPTIONS) | IGNORED_OPTIONS | frozenset(PAYLOAD_OPTIONS)
+                   | {"group_id", "root_id", "parent_id"})
 
 
 class JobRow(NamedTuple):
@@ -56,6 +56,12 @@ class JobRow(NamedTuple):
     parent_id: str | None
     group_id: str | None
     chosen_id: bool = False  # the caller gave task_id: it may already exist
+    # Set only for jobs that are not plain JSON, or are signed (pgq/payload.py, security.py).
+    content_type: str | None = None
+    compression: str | None = None
+    payload: bytes | None = None
+    payload_size: int | None = None
+    signature: str | None = None
 
 
 def build_row(
@@ -74,33 +80,37 @@ def build_row(
                             f"{type(kwargs).__name__}")
     args = list(args or ())
     kwargs = dict(kwargs or {})
-    pickled = _uses_pickle(app, task)
-    encoded_args, encoded_kwargs = _encode_payload(app, pickled, args, kwargs)
+    policy = payload.producer_policy(app)
+    encoded = _encode(app, policy, task, options, args, kwargs)
     runtime = {key: options[key] for key in RUNTIME_OPTIONS if options.get(key) is not None}
     for callbacks in ("link", "link_error"):  # one signature or a list of them
         if isinstance(runtime.get(callbacks), Mapping):
             runtime[callbacks] = [runtime[callbacks]]
-    if pickled:
-        runtime["content_type"] = "pickle"
     parent = request_context.current()
     if parent is None or parent.called_directly or parent.id is None:
         parent = None
-    return JobRow(
+    row = JobRow(
         id=_task_id(options.get("task_id")),
         task=name,
         queue=_queue(app, name, task, options),
         priority=_priority(app, task, options.get("priority")),
-        args=encoded_args,
-        kwargs=encoded_kwargs,
+        args=encoded.args,
+        kwargs=encoded.kwargs,
         options=serialization.dumps(runtime, "options") if runtime else "{}",
         run_at=_run_at(options.get("countdown"), options.get("eta")),
         expires_at=_expires_at(options.get("expires", task.expires if task else None)),
-        unique_key=_unique_key(name, task, args, kwargs, options.get("unique_key")),
+        unique_key=_unique_key(name, task, encoded, args, kwargs, options.get("unique_key")),
         root_id=options.get("root_id") or (parent.root_id if parent else None),
         parent_id=options.get("parent_id") or (parent.id if parent else None),
         group_id=options.get("group_id"),
         chosen_id=options.get("task_id") is not None,
+        content_type=encoded.content_type,
+        compression=encoded.compression,
+        payload=encoded.payload,
+        payload_size=encoded.payload_size,
     )
+    signer = policy.signer
+    return row if signer is None else row._replace(signature=signer.sign(row))
 
 
 def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow]:
@@ -108,10 +118,12 @@ def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow
     id and arguments, so each task's row is built once and copied (the bulk fast path)."""
     templates: dict[str, JobRow] = {}
     rows = []
+    plain_app = payload.producer_policy(app).plain
     for sig in signatures:
         name, options = sig["task"], sig["options"]
         task = app.tasks.get(name)
-        if options or (task is not None and (task.unique or task.serializer)):
+        if options or not plain_app or (task is not None and (
+                task.unique or task.serializer or task.compression)):
             rows.append(build_row(app, name, sig["args"], sig["kwargs"], options, task))
             continue
         template = templates.get(name)
@@ -126,21 +138,18 @@ def build_rows(app: App, signatures: Sequence[Mapping[str, Any]]) -> list[JobRow
     return rows
 
 
-def _uses_pickle(app: App, task: Task | None) -> bool:
-    serializer = (task.serializer if task else None) or app.conf.task_serializer
-    return bool(serializer == "pickle")
-
-
-def _encode_payload(
-    app: App, pickled: bool, args: list[Any], kwargs: dict[str, Any]
-) -> tuple[str, str]:
-    if pickled:
-        if "pickle" not in app.conf.accept_content:
-            raise InvalidOption(
-                "task_serializer='pickle' needs accept_content to include 'pickle'"
-            )
-        return serialization.dumps(serialization.pickle_dumps((args, kwargs))), "{}"
-    return serialization.dumps(args, "args"), serialization.dumps(kwargs, "kwargs")
+def _encode(app: App, policy: payload.ProducerPolicy, task: Task | None,
+            options: Mapping[str, Any], args: list[Any], kwargs: dict[str, Any]
+            ) -> payload.Encoded:
+    """Per call, else per task, else the app's serializer and compression."""
+    serializer = compression = None
+    if options:
+        serializer, compression = options.get("serializer"), options.get("compression")
+    if task is not None:
+        serializer = serializer or task.serializer
+        compression = compression or task.compression
+    return payload.encode_arguments(app, policy, serializer or policy.serializer,
+                                    compression or policy.compression, args, kwargs)
 
 
 def new_id() -> str:
@@ -219,14 +228,13 @@ def _expires_at(expires: Any) -> datetime | None:
     return datetime.now(UTC) + timedelta(seconds=expires)
 
 
-def _unique_key(
-    name: str, task: Task | None, args: list[Any], kwargs: dict[str, Any], key: Any
-) -> str | None:
+def _unique_key(name: str, task: Task | None, encoded: payload.Encoded, args: list[Any],
+                kwargs: dict[str, Any], key: Any) -> str | None:
     if key is not None:
         return str(key)
     if task is not None and task.unique:
-        payload = serialization.dumps([args, dict(sorted(kwargs.items()))], "args")
-        return name + ":" + hashlib.sha256(payload.encode()).hexdigest()
+        source = payload.unique_digest_source(encoded, args, kwargs)
+        return name + ":" + hashlib.sha256(source).hexdigest()
     return None
 
 
@@ -271,6 +279,75 @@ def insert_chords(app: App, conn: Any, chords: Sequence[Any]) -> None:
 
 
 def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
+    if signals.before_task_publish.receivers:
+        rows = [_before_publish(app, row) for row in rows]
+    ids = _write_rows(app, conn, rows)
+    if signals.after_task_publish.receivers:
+        for row, job_id in zip(rows, ids, strict=True):
+            if job_id == row.id:  # not a unique key's existing job
+                headers, body, _ = _message(app, row)
+                signals.after_task_publish.send(sender=row.task, body=body, exchange="",
+                                                routing_key=row.queue, headers=headers)
+    return ids
+
+
+# Celery's message headers (protocol 2) that describe the job; any other header a
+# before_task_publish receiver adds is the user's and reaches `self.request.headers`.
+MESSAGE_HEADERS = frozenset({"lang", "task", "id", "shadow", "eta", "expires", "group",
+                             "group_index", "retries", "timelimit", "root_id", "parent_id",
+                             "ignore_result", "origin", "argsrepr", "kwargsrepr"})
+
+
+def _message(app: App, row: JobRow) -> tuple[dict[str, Any], tuple[Any, Any, dict[str, Any]],
+                                             dict[str, Any]]:
+    """What Celery's publish signals see: headers, body (args, kwargs, embed), and the
+    row's runtime options."""
+    options = serialization.loads(row.options) if row.options != "{}" else {}
+    try:
+        args, kwargs = payload.decode_arguments(payload.worker_policy(app), row, options)
+    except Exception:  # a content type this process does not read: pass it as stored
+        args, kwargs = row.args, row.kwargs
+    headers = {
+        "lang": "py", "task": row.task, "id": row.id, "shadow": options.get("shadow"),
+        "eta": row.run_at.isoformat() if row.run_at else None,
+        "expires": row.expires_at.isoformat() if row.expires_at else None,
+        "group": row.group_id, "group_index": None, "retries": 0,
+        "timelimit": [options.get("time_limit"), options.get("soft_time_limit")],
+        "root_id": row.root_id or row.id, "parent_id": row.parent_id,
+        "ignore_result": bool(options.get("ignore_result", False)),
+        "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+        **(options.get("headers") or {}),
+    }
+    embed = {"callbacks": options.get("link"), "errbacks": options.get("link_error"),
+             "chain": options.get("chain"), "chord": options.get("chord")}
+    return headers, (args, kwargs, embed), options
+
+
+def _before_publish(app: App, row: JobRow) -> JobRow:
+    """Send before_task_publish; keep the headers its receivers added or changed (a signed
+    job is signed again: its options are part of what is signed)."""
+    headers, body, options = _message(app, row)
+    own = options.get("headers") or {}
+    signals.before_task_publish.send(
+        sender=row.task, body=body, exchange="", routing_key=row.queue, headers=headers,
+        properties={"correlation_id": row.id, "priority": row.priority,
+                    "content_type": row.content_type or "application/json",
+                    "content_encoding": "binary" if row.payload is not None else "utf-8"},
+        declare=[], retry_policy=None)
+    custom = {k: v for k, v in headers.items() if k not in MESSAGE_HEADERS or k in own}
+    if custom == own:
+        return row
+    if custom:
+        options["headers"] = custom
+    else:
+        options.pop("headers", None)
+    row = row._replace(options=serialization.dumps(options, "options") if options else "{}")
+    signer = payload.producer_policy(app).signer
+    return row if row.signature is None or signer is None else row._replace(
+        signature=signer.sign(row))
+
+
+def _write_rows(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
     if len(rows) == 1:
         inserted = _insert_one(app, conn, rows[0])
     elif (len(rows) >= COPY_THRESHOLD and isinstance(conn, psycopg.Connection)
@@ -295,6 +372,8 @@ def _insert_one(app: App, conn: Any, row: JobRow) -> set[str]:
         "args": row.args, "kwargs": row.kwargs, "options": row.options, "run_at": row.run_at,
         "expires_at": row.expires_at, "unique_key": row.unique_key, "root_id": row.root_id,
         "parent_id": row.parent_id, "group_id": row.group_id,
+        "content_type": row.content_type, "compression": row.compression,
+        "payload": row.payload, "payload_size": row.payload_size, "signature": row.signature,
     }
     return {str(r[0]) for r in execute(conn, app.queries.enqueue_one, params)}
 
@@ -314,13 +393,31 @@ def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
         "root_ids": [r.root_id for r in rows],
         "parent_ids": [r.parent_id for r in rows],
         "group_ids": [r.group_id for r in rows],
+        "content_types": [r.content_type for r in rows],
+        "compressions": [r.compression for r in rows],
+        "payloads": [r.payload for r in rows],
+        "payload_sizes": [r.payload_size for r in rows],
+        "signatures": [r.signature for r in rows],
     }
 
 
 def _copy_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow]) -> None:
     now = datetime.now(UTC)
+    if any(r.content_type or r.signature for r in rows):
+        _copy_payload_rows(app, conn, rows, now)
+        return
     with conn.cursor().copy(app.queries.enqueue_copy) as copy:
         for r in rows:
             copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
                             r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
                             r.parent_id, r.group_id))
+
+
+def _copy_payload_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow],
+                       now: datetime) -> None:
+    with conn.cursor().copy(app.queries.enqueue_copy_payload) as copy:
+        for r in rows:
+            copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
+                            r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
+                            r.parent_id, r.group_id, r.content_type, r.compression,
+                            r.payload, r.payload_size, r.signature))

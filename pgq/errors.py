@@ -18,6 +18,20 @@ class EncodeError(PgqError):
     """An argument or result cannot be serialized; nothing was written."""
 
 
+class InvalidOption(PgqError, ValueError):
+    """A calling option (countdown, priority, queue, serializer, ...) has a value pgq cannot
+    use."""
+
+
+class ContentDisallowed(PgqError):
+    """A job's (or result's) content type is not in this process's `accept_content` (or
+    `result_accept_content`): it was refused unread."""
+
+
+class SecurityError(PgqError):
+    """A job's signature is missing, malformed or wrong: it was never executed."""
+
+
 class NotRegistered(PgqError):
     """A job names a task that this worker (or app) does not have."""
 
@@ -80,11 +94,14 @@ class Retry(PgqError):
 __all__ = [
     "ChordError",
     "ConfigurationError",
+    "ContentDisallowed",
     "EncodeError",
+    "InvalidOption",
     "MaxRetriesExceededError",
     "NotRegistered",
     "PgqError",
     "Retry",
+    "SecurityError",
     "SoftTimeLimitExceeded",
     "TaskError",
     "TaskRevokedError",

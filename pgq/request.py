@@ -10,6 +10,28 @@ from typing import Any
 
 @dataclass
 class Request:
+    """`self.request` in a `bind=True` task: the running job's context, with Celery's names.
+
+    Attributes:
+        id: The job id.
+        task: The task name.
+        args: Positional arguments of this run.
+        kwargs: Keyword arguments of this run.
+        retries: Retries so far (0 on the first run).
+        queue: The queue the job came from.
+        priority: Its priority (0 to 9, 9 runs first).
+        eta: The due time it was scheduled for (countdown, eta, a retry's delay or a
+            periodic schedule's due time), as an aware UTC datetime; else `None`.
+        hostname: The worker's `-n` name.
+        root_id: The id of the job that started the workflow (its own id at the top).
+        parent_id: The id of the job that enqueued this one, or `None`.
+        group_id: The id of the group or chord header it belongs to, or `None`.
+        headers: The `headers=` given to `apply_async`.
+        attempts: How many times the job has been claimed (rescues included).
+        called_directly: True when the task was called as a plain function.
+        is_eager: True when it runs eagerly (`task_always_eager`).
+    """
+
     id: str | None = None
     task: str | None = None
     args: list[Any] = field(default_factory=list)
@@ -29,6 +51,8 @@ class Request:
 
     @property
     def delivery_info(self) -> dict[str, Any]:
+        """`{"routing_key": queue, "priority": priority, "exchange": ""}`, as Celery code
+        reads it."""
         return {"routing_key": self.queue, "priority": self.priority, "exchange": ""}
 
     @property

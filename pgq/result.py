@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pgq import serialization
+from pgq import payload, serialization
 from pgq.db.connection import execute
 from pgq.db.listener import Listener
 from pgq.errors import TaskRevokedError, TimeoutError
@@ -93,18 +93,27 @@ class _Row:
             self.exc_type or "Exception", self.exc_message or "", args, self.traceback
         )
 
-    def value(self) -> Any:
+    def value(self, app: App) -> Any:
         if self.state in EXCEPTION_STATES:
             return self.exception()
         if self.state == "STARTED":
             return serialization.from_db(self.meta)
         if self.state == "SUCCESS":
-            return serialization.from_db(self.result)
+            return payload.decode_result(app, self.result)
         return None
 
 
 class AsyncResult:
-    """The handle on one job. Reads go to Postgres; a finished job's row is cached."""
+    """The handle on one job. Every read goes to the job's row in Postgres; once the job has
+    finished, the row is cached.
+
+    Args:
+        id: The job id.
+        app: The App whose database to read; `None`: the most recently created App.
+    """
+
+    id: str
+    """The job id (`self.request.id` inside the job)."""
 
     def __init__(self, id: str, app: App | None = None, *, task_name: str | None = None,
                  parent: AsyncResult | None = None) -> None:
@@ -141,37 +150,49 @@ class AsyncResult:
 
     @property
     def state(self) -> str:
+        """`PENDING` (waiting, scheduled, or an unknown id), `STARTED`, `RETRY`, `SUCCESS`,
+        `FAILURE`, `REVOKED`, or a custom state set with `update_state` while it runs."""
         return self._row().public_state
 
     status = state
+    """Alias of `state`."""
 
     @property
     def result(self) -> Any:
+        """`SUCCESS`: the return value (`None` with `ignore_result`). `FAILURE`, `RETRY`,
+        `REVOKED`: the exception. While running: the `update_state` meta. Else `None`."""
         row = self._row()
         if row.state == "FAILURE":
             return self._exception(row)
-        return row.value()
+        return row.value(self.app)
 
     info = result
+    """Alias of `result`."""
 
     @property
     def traceback(self) -> str | None:
+        """The remote traceback of a failure (or of the last retry), else `None`."""
         return self._row().traceback
 
     @property
     def date_done(self) -> datetime | None:
+        """When the job finished (an aware datetime), else `None`."""
         return self._row().date_done
 
     @property
     def retries(self) -> int:
+        """How many times the job has been retried so far."""
         return self._row().retries
 
     @property
     def name(self) -> str | None:
+        """The task name."""
         return self._row().task or self.task_name
 
     @property
     def parent(self) -> AsyncResult | None:
+        """The result of the job that enqueued this one (a chain's previous step), or
+        `None` for a top-level job."""
         if self._parent is None:
             parent_id = self._row().parent_id
             if parent_id:
@@ -179,21 +200,37 @@ class AsyncResult:
         return self._parent
 
     def ready(self) -> bool:
+        """True once the job has finished: `SUCCESS`, `FAILURE` or `REVOKED`."""
         return self._row().state in READY_STATES
 
     def successful(self) -> bool:
+        """True if the job finished with `SUCCESS`."""
         return self._row().state == "SUCCESS"
 
     def failed(self) -> bool:
+        """True if the job finished with `FAILURE`."""
         return self._row().state == "FAILURE"
 
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float | None = None, **_: Any) -> Any:
-        """Wait for the job to finish (woken by NOTIFY) and return its value, or raise its
-        exception when `propagate`."""
+        """Wait for the job to finish and return its value. The wait is woken by
+        `LISTEN/NOTIFY` when the job's outcome is committed, not by polling.
+
+        Args:
+            timeout: Seconds to wait at most; `None` waits for ever.
+            propagate: Raise the job's exception if it failed (else return it).
+            interval: Accepted for Celery compatibility; ignored.
+
+        Raises:
+            TimeoutError: Not finished within `timeout` (`pgq.TimeoutError`, also a
+                built-in `TimeoutError`).
+            TaskRevokedError: The job was revoked or expired.
+            Exception: The task's own exception (same type where it can be rebuilt, else
+                `TaskError`), when `propagate`.
+        """
         row = self.app.wait_for([self.id], timeout, lambda: self._row())
         if row.state == "SUCCESS":
-            return row.value()
+            return row.value(self.app)
         exc = self._exception(row)
         if propagate:
             raise exc
@@ -209,17 +246,23 @@ class AsyncResult:
     wait = get
 
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
+        """Revoke the job: if it has not started it never runs; with `terminate=True` a
+        running job's child process is killed. Either way the state becomes `REVOKED`."""
         self.app.revoke(self.id, terminate=terminate)
         self._cache = None
 
     def forget(self) -> None:
+        """Delete the finished job's row (its result); the id then reads `PENDING`."""
         with self.app.pool.connection() as conn:
             execute(conn, self.app.queries.forget, {"id": self.id})
         self._cache = None
 
 
 class GroupResult:
-    """Results of a group's members, in the group's order."""
+    """The results of a group's members, in the group's order; iterable and indexable."""
+
+    results: list[AsyncResult]
+    """The members' `AsyncResult`s, in the group's order."""
 
     def __init__(self, id: str, results: Sequence[AsyncResult], app: App | None = None) -> None:
         from pgq.app import current_app
@@ -244,21 +287,28 @@ class GroupResult:
         return {str(job_id): state for job_id, state in rows}
 
     def ready(self) -> bool:
+        """True once every member has finished."""
         states = self._states()
         return all(states.get(r.id) in READY_STATES for r in self.results)
 
     def successful(self) -> bool:
+        """True if every member finished with `SUCCESS`."""
         states = self._states()
         return all(states.get(r.id) == "SUCCESS" for r in self.results)
 
     def failed(self) -> bool:
+        """True if any member finished with `FAILURE`."""
         return "FAILURE" in self._states().values()
 
     def completed_count(self) -> int:
+        """How many members finished with `SUCCESS`."""
         return sum(1 for state in self._states().values() if state == "SUCCESS")
 
     def get(self, timeout: float | None = None, propagate: bool = True,
             **_: Any) -> list[Any]:
+        """Wait for every member and return their values in the group's order; `timeout`
+        covers the whole wait. With `propagate`, the first failed member's exception is
+        raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.app.wait_for([r.id for r in self.results], timeout, self.ready)
         values = []
@@ -270,10 +320,12 @@ class GroupResult:
     join = get
 
     def revoke(self, terminate: bool = False, **_: Any) -> None:
+        """Revoke every member (see `AsyncResult.revoke`)."""
         for result in self.results:
             result.revoke(terminate=terminate)
 
     def forget(self) -> None:
+        """Delete every finished member's result."""
         for result in self.results:
             result.forget()
 

@@ -16,7 +16,13 @@ from pgq.errors import ConfigurationError
 
 @dataclass(frozen=True)
 class crontab:
-    """`crontab(minute="*/5")` or `crontab("*/5 * * * *")` (croniter syntax)."""
+    """A cron schedule for `app.add_periodic_task` and `beat_schedule`, with Celery's field
+    names: `crontab(minute=0, hour="9-17", day_of_week="mon-fri")`, or one cron string:
+    `crontab("*/5 * * * *")` (croniter syntax). Fields are read in the `timezone` setting.
+
+    Raises:
+        ConfigurationError: The expression is not valid.
+    """
 
     minute: str = "*"
     hour: str = "*"
@@ -39,6 +45,7 @@ class crontab:
 
     @property
     def expression(self) -> str:
+        """The five-field cron expression: minute hour day-of-month month day-of-week."""
         return (f"{self.minute} {self.hour} {self.day_of_month} {self.month_of_year} "
                 f"{self.day_of_week}")
 

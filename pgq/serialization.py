@@ -56,6 +56,11 @@ def _tag(obj: Any, path: str) -> Any:
     )
 
 
+def tag(obj: Any) -> Any:
+    """`obj` with datetime, date, time, UUID and Decimal tagged as pgq's JSON stores them."""
+    return _tag(obj, "value")
+
+
 _UNTAG = {
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
@@ -103,16 +108,9 @@ def from_db(value: Any) -> Any:
     return value
 
 
-# --- pickle (opt-in) ---------------------------------------------------------------------------
+# --- pickle in jsonb (rows written before revision 0007 kept pickled arguments so) ------------
 
 PICKLE_KEY = "__pickle__"
-
-
-def pickle_dumps(obj: Any) -> dict[str, str]:
-    try:
-        return {PICKLE_KEY: base64.b64encode(pickle.dumps(obj)).decode()}
-    except Exception as exc:
-        raise EncodeError(f"cannot pickle value: {exc}") from exc
 
 
 def maybe_unpickle(value: Any, accept_pickle: bool) -> Any:

@@ -21,14 +21,16 @@ TASK_OPTIONS = (
     "name", "queue", "priority", "max_retries", "default_retry_delay", "autoretry_for",
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter", "time_limit",
     "soft_time_limit", "rate_limit", "acks_late", "ignore_result", "expires", "bind", "unique",
-    "serializer", "typing", "track_started", "throws", "shared",
+    "serializer", "compression", "typing", "track_started", "throws", "shared",
 )
 
 
 class Task:
-    """A registered task. Subclass it and pass `base=` to share behaviour between tasks."""
+    """A registered task, made by `@app.task`. Its options are class attributes of the
+    same names. Subclass it and pass `base=` to share behaviour between tasks."""
 
     name: str = ""
+    """The task's name: `name=`, else `module.qualname` of the function."""
     app: App
     queue: str | None = None
     priority: int | None = None
@@ -48,6 +50,7 @@ class Task:
     bind: bool = False
     unique: bool = False
     serializer: str | None = None
+    compression: str | None = None
     typing: bool = True
     track_started: bool = True
     throws: tuple[type[BaseException], ...] = ()
@@ -67,6 +70,7 @@ class Task:
             request_context.pop()
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Enqueue a job with these arguments: `apply_async(args, kwargs)` without options."""
         return self.apply_async(args, kwargs)
 
     def apply_async(
@@ -77,6 +81,24 @@ class Task:
         connection: Any = None,
         **options: Any,
     ) -> AsyncResult:
+        """Enqueue a job; returns its `AsyncResult` at once.
+
+        Args:
+            args: Positional arguments (JSON-encodable, see the calling page).
+            kwargs: Keyword arguments.
+            connection: A `psycopg.Connection`, SQLAlchemy `Connection` or `Session`: the
+                job is written in its current transaction and exists only if the caller
+                commits. pgq never commits or rolls it back.
+            **options: `countdown`, `eta`, `expires`, `queue` (or `routing_key`),
+                `priority`, `task_id`, `unique_key`, `link`, `link_error`, `time_limit`,
+                `soft_time_limit`, `ignore_result`, `headers`; Celery's publishing options
+                (`retry`, `retry_policy`, `serializer`, `compression`, …) are accepted and
+                ignored.
+
+        Raises:
+            EncodeError: An argument cannot be encoded; nothing was written.
+            ValueError: An option has a value pgq cannot use (e.g. `priority=12`).
+        """
         return self.app.send_task(self.name, args, kwargs, connection=connection, _task=self,
                                   **options)
 
@@ -89,6 +111,8 @@ class Task:
 
     def signature(self, args: Sequence[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        """A signature of this task with partial arguments and calling options;
+        `immutable=True` makes it ignore a parent's result (as `si()`)."""
         from pgq.canvas import Signature
 
         immutable = bool(options.pop("immutable", False))
@@ -97,21 +121,30 @@ class Task:
     subtask = signature
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: `add.s(2)` in a chain receives the previous result as its first
+        argument."""
         return self.signature(args, kwargs)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it runs with exactly these arguments, ignoring a parent's
+        result."""
         return self.signature(args, kwargs, immutable=True)
 
     def map(self, iterable: Iterable[Any]) -> Signature:
+        """A signature of one job that calls this task on each item and returns the list of
+        results."""
         return self.app.tasks["pgq.map"].s(self.name, list(iterable))
 
     def starmap(self, iterable: Iterable[Sequence[Any]]) -> Signature:
+        """Like `map`, with each item unpacked as the positional arguments."""
         return self.app.tasks["pgq.starmap"].s(self.name, [list(x) for x in iterable])
 
     # --- inside a running task ------------------------------------------------------------
 
     @property
     def request(self) -> Request:
+        """The running job's context (`self.request.id`, `.retries`, …) in a `bind=True`
+        task; an empty `Request` outside a job."""
         return request_context.current() or Request()
 
     def retry(
@@ -125,8 +158,19 @@ class Task:
         max_retries: int | None = None,
         **options: Any,
     ) -> Retry:
-        """Ask the worker to run this job again later. Past `max_retries`, re-raise `exc`
-        (or raise `MaxRetriesExceededError`)."""
+        """Ask the worker to run this job again later: `raise self.retry(exc=exc)`.
+
+        Args:
+            exc: The exception that caused the retry (shown in `.traceback` meanwhile;
+                re-raised when no retry is left).
+            eta: When to run again (a datetime).
+            countdown: Seconds from now (default: `default_retry_delay`).
+            max_retries: Overrides the task's `max_retries` for this call.
+
+        Raises:
+            Retry: Always, while retries are left: the worker catches it.
+            MaxRetriesExceededError: Past `max_retries` with no `exc` to re-raise.
+        """
         limit = self.max_retries if max_retries is None else max_retries
         retries = self.request.retries
         if limit is not None and retries >= limit:
@@ -150,6 +194,7 @@ class Task:
         self.app.backend_update_state(job_id, state or "PROGRESS", meta)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
+        """The handle on the job `task_id`."""
         return self.app.AsyncResult(task_id)
 
     # --- retry policy (used by the executor) ---------------------------------------------
@@ -218,5 +263,21 @@ def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[
     if "autoretry_for" in attrs:
         attrs["autoretry_for"] = tuple(attrs["autoretry_for"])
     rate_interval(attrs.get("rate_limit"))  # a bad rate limit fails at registration
+    _check_payload_options(attrs)
     cls = type(fn.__name__, (base,), attrs)
     return cls()  # type: ignore[no-any-return]
+
+
+def _check_payload_options(attrs: dict[str, Any]) -> None:
+    """An unknown serializer or compression name fails at registration, not at send."""
+    from pgq.errors import ConfigurationError
+    from pgq.payload import compression, serializer_names
+
+    name = attrs.get("serializer")
+    if name is not None and name not in serializer_names():
+        raise ConfigurationError(f"unknown serializer {name!r} on task {attrs['name']!r}: "
+                                 f"use one of json, msgpack, yaml, pickle")
+    try:
+        compression(attrs.get("compression"))
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc} (on task {attrs['name']!r})") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-VIEWS = ("queue_stats", "worker_status", "task_stats", "recent_failures")
+VIEWS = ("queue_stats", "worker_status", "task_stats", "recent_failures", "job_payloads")
 
 
 def grant_statements(schema: str, *, producer: str | None = None, worker: str | None = None,

@@ -29,6 +29,7 @@ class Queries:
         self.jobs_channel = f"{schema}_jobs"
         self.done_channel = f"{schema}_done"
         self.control_channel = f"{schema}_control"
+        self.events_channel = f"{schema}_events"
 
     def __getattr__(self, name: str) -> str:
         try:

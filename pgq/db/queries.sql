@@ -5,25 +5,32 @@
 
 -- name: enqueue
 INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
-                           expires_at, unique_key, root_id, parent_id, group_id)
+                           expires_at, unique_key, root_id, parent_id, group_id,
+                           content_type, compression, payload, payload_size, signature)
 SELECT id, task, queue, priority, args, kwargs, options, coalesce(run_at, now()), run_at,
-       expires_at, unique_key, coalesce(root_id, id), parent_id, group_id
+       expires_at, unique_key, coalesce(root_id, id), parent_id, group_id,
+       content_type, compression, payload, payload_size, signature
 FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int2[],
             %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
             %(run_ats)s::timestamptz[], %(expires)s::timestamptz[], %(unique_keys)s::text[],
-            %(root_ids)s::uuid[], %(parent_ids)s::uuid[], %(group_ids)s::uuid[])
+            %(root_ids)s::uuid[], %(parent_ids)s::uuid[], %(group_ids)s::uuid[],
+            %(content_types)s::text[], %(compressions)s::text[], %(payloads)s::bytea[],
+            %(payload_sizes)s::int[], %(signatures)s::text[])
      AS t(id, task, queue, priority, args, kwargs, options, run_at, expires_at, unique_key,
-          root_id, parent_id, group_id)
+          root_id, parent_id, group_id, content_type, compression, payload, payload_size,
+          signature)
 ON CONFLICT DO NOTHING
 RETURNING id
 
 -- name: enqueue_one
 INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
-                           expires_at, unique_key, root_id, parent_id, group_id)
+                           expires_at, unique_key, root_id, parent_id, group_id,
+                           content_type, compression, payload, payload_size, signature)
 VALUES (%(id)s::uuid, %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb,
         %(options)s::jsonb, coalesce(%(run_at)s::timestamptz, now()), %(run_at)s::timestamptz,
         %(expires_at)s::timestamptz, %(unique_key)s, coalesce(%(root_id)s::uuid, %(id)s::uuid),
-        %(parent_id)s::uuid, %(group_id)s::uuid)
+        %(parent_id)s::uuid, %(group_id)s::uuid, %(content_type)s::text,
+        %(compression)s::text, %(payload)s::bytea, %(payload_size)s::int, %(signature)s::text)
 ON CONFLICT DO NOTHING
 RETURNING id
 
@@ -31,6 +38,13 @@ RETURNING id
 -- Bulk path for new ids without unique keys (nothing can conflict): COPY is the fastest way in.
 COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
                     root_id, parent_id, group_id)
+FROM STDIN
+
+-- name: enqueue_copy_payload
+-- The same, for rows that carry a payload or a signature (docs/serialization.md).
+COPY {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta, expires_at,
+                    root_id, parent_id, group_id, content_type, compression, payload,
+                    payload_size, signature)
 FROM STDIN
 
 -- name: insert_chords
@@ -87,19 +101,28 @@ WITH candidates AS (
 ), picked AS (
     SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
+), claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+        worker_id = %(worker)s,
+        attempts = j.attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+        rate_reserved = false
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
+              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id::text AS root_id,
+              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
+              j.content_type, j.compression, j.payload, j.signature,
+              picked.rate_reserved, j.run_at
 )
-UPDATE {schema}.jobs AS j
-SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
-    worker_id = %(worker)s,
-    attempts = j.attempts + 1,
-    started_at = now(),
-    finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
-    rate_reserved = false
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id::text, j.task, j.state, j.args::text, j.kwargs::text, j.options::text, j.queue,
-          j.priority, j.eta, j.retries, j.attempts, j.root_id::text, j.parent_id::text,
-          j.group_id::text, picked.rate_reserved
+-- UPDATE ... RETURNING has no order of its own: hand jobs out in claim order.
+SELECT id, task, state, args, kwargs, options, queue, priority, eta, retries, attempts,
+       root_id, parent_id, group_id, content_type, compression, payload, signature,
+       rate_reserved
+FROM claimed ORDER BY priority DESC, run_at, id
 
 -- name: complete
 -- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
@@ -208,6 +231,10 @@ LATERAL (
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: async_commit
+-- For this transaction only: commit without waiting for the WAL flush (best-effort events).
+SELECT set_config('synchronous_commit', 'off', true)
 
 -- name: update_state
 UPDATE {schema}.jobs SET progress_state = %(state)s, meta = %(meta)s::jsonb
@@ -320,18 +347,25 @@ SELECT id, task, queue, worker_id, started_at, args, kwargs
 FROM {schema}.jobs WHERE state = 'STARTED' ORDER BY started_at
 
 -- name: inspect_active
-SELECT j.id::text, j.task, j.queue, w.hostname, w.pid, now() - j.started_at
+-- Each inspect listing ends with the job's payload columns (from the job_payloads view).
+SELECT j.id::text, j.task, j.queue, w.hostname, w.pid, now() - j.started_at,
+       p.content_type, p.compression, p.signature_scheme, p.stored_bytes, p.raw_bytes
 FROM {schema}.jobs j LEFT JOIN {schema}.workers w ON w.id = j.worker_id
+JOIN {schema}.job_payloads p ON p.id = j.id
 WHERE j.state = 'STARTED' ORDER BY j.started_at
 
 -- name: inspect_eta
-SELECT id::text, task, queue, run_at FROM {schema}.jobs
-WHERE state IN ('PENDING', 'RETRY') AND run_at > now() ORDER BY run_at LIMIT 100
+SELECT j.id::text, j.task, j.queue, j.run_at,
+       p.content_type, p.compression, p.signature_scheme, p.stored_bytes, p.raw_bytes
+FROM {schema}.jobs j JOIN {schema}.job_payloads p ON p.id = j.id
+WHERE j.state IN ('PENDING', 'RETRY') AND j.run_at > now() ORDER BY j.run_at LIMIT 100
 
 -- name: inspect_failed
-SELECT id::text, task, queue, finished_at, retries,
-       left(coalesce(exc_type, '') || ': ' || coalesce(exc_message, ''), 80)
-FROM {schema}.jobs WHERE state = 'FAILURE' ORDER BY finished_at DESC LIMIT %(limit)s
+SELECT j.id::text, j.task, j.queue, j.finished_at, j.retries,
+       left(coalesce(j.exc_type, '') || ': ' || coalesce(j.exc_message, ''), 80),
+       p.content_type, p.compression, p.signature_scheme, p.stored_bytes, p.raw_bytes
+FROM {schema}.jobs j JOIN {schema}.job_payloads p ON p.id = j.id
+WHERE j.state = 'FAILURE' ORDER BY j.finished_at DESC LIMIT %(limit)s
 
 -- name: queue_depth
 SELECT q.name, (SELECT count(*) FROM {schema}.jobs

@@ -29,6 +29,8 @@ from pgq.testing import drain
 
 @pytest.fixture(scope="session")
 def pgq_dsn() -> str:
+    """A PostgreSQL DSN: `$PGQ_TEST_DSN`, else an embedded server in `./.pgq/testdata`
+    (needs `pgq-tasks[embedded]`). Session-scoped."""
     env = os.environ.get("PGQ_TEST_DSN")
     if env:
         return env
@@ -39,6 +41,7 @@ def pgq_dsn() -> str:
 
 @pytest.fixture
 def pgq_schema(pgq_dsn: str) -> Iterator[str]:
+    """A fresh schema name, migrated for this test and dropped after it."""
     schema = "pgq_test_" + uuid.uuid4().hex[:10]
     upgrade(pgq_dsn, schema)
     yield schema
@@ -48,6 +51,8 @@ def pgq_schema(pgq_dsn: str) -> Iterator[str]:
 
 @pytest.fixture
 def pgq_app(pgq_dsn: str, pgq_schema: str) -> Iterator[Callable[[App], App]]:
+    """A function: `pgq_app(my_app)` points your App at the test database and schema for
+    this test (restored afterwards) and returns it."""
     bound: list[tuple[App, Any, str]] = []
 
     def bind(app: App) -> App:
@@ -65,4 +70,5 @@ def pgq_app(pgq_dsn: str, pgq_schema: str) -> Iterator[Callable[[App], App]]:
 
 @pytest.fixture
 def pgq_drain() -> Callable[..., int]:
+    """`pgq.testing.drain`: `pgq_drain(app, queues=None)` runs the due jobs in-process."""
     return drain

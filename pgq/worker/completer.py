@@ -9,9 +9,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgq import enqueue, serialization, workflow
+from pgq import enqueue, security, serialization, workflow
 from pgq.db.connection import execute
 from pgq.errors import PgqError
+from pgq.payload import loads_result
 from pgq.worker.executor import Job, Outcome, job_options, takes_request_exc_traceback
 
 if TYPE_CHECKING:
@@ -66,10 +67,12 @@ class CarryForward:
     def add(self, job: Job, outcome: Outcome) -> None:
         if job.options == "{}" or outcome.state == "RETRY":
             return
+        if not security.trusted(self.app, job, outcome.exc_type):
+            return  # its options may be forged: start nothing on their say-so
         options = job_options(job)
         lineage = {"root_id": job.root_id or job.id, "parent_id": job.id}
         if outcome.state == "SUCCESS":
-            value = serialization.loads(outcome.result) if outcome.result is not None else None
+            value = loads_result(self.app, outcome.result, own=True)
             for sig in options.get("link") or ():
                 self._start(sig, [value], lineage)
             chain = options.get("chain")
@@ -137,7 +140,8 @@ class CarryForward:
             if rows and rows[0][0] == "DONE":
                 header_ids, body = rows[0][1], serialization.loads(rows[0][2])
                 results = dict(execute(self.conn, q.header_results, {"ids": header_ids}))
-                values = [serialization.loads(results.get(str(h))) for h in header_ids]
+                values = [loads_result(self.app, results.get(str(h)))
+                          for h in header_ids]
                 self._start(body, [values], {})
 
     def write(self) -> list[str]:
@@ -152,9 +156,10 @@ class CarryForward:
 
 
 def write_outcomes(app: App, conn: Any, worker_id: str, outcomes: Sequence[Outcome],
-                   jobs: Mapping[str, Job]) -> bool:
+                   jobs: Mapping[str, Job]) -> tuple[bool, set[str]]:
     """Write a batch of outcomes (guarded), start what follows them, and NOTIFY waiters and
-    workers. Returns True when a job went back to its queue due now (an immediate retry)."""
+    workers. Returns whether a job went back to its queue due now (an immediate retry), and
+    the ids of the outcomes written (the others' jobs were revoked or rescued meanwhile)."""
     q = app.queries
     rows = execute(conn, q.complete, complete_params(outcomes, worker_id))
     written = {str(row[0]) for row in rows}
@@ -175,4 +180,4 @@ def write_outcomes(app: App, conn: Any, worker_id: str, outcomes: Sequence[Outco
     due_now = {r[2] for r in rows if r[1] == "RETRY" and r[3]}
     for queue in due_now:
         execute(conn, q.notify, {"channel": q.jobs_channel, "payload": queue})
-    return bool(due_now)
+    return bool(due_now), written

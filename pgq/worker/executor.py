@@ -13,12 +13,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pgq import payload, security, serialization, signals
 from pgq import request as request_context
-from pgq import serialization
 from pgq.errors import (
+    ContentDisallowed,
     EncodeError,
     NotRegistered,
     Retry,
+    SecurityError,
     SoftTimeLimitExceeded,
     WorkerLostError,
 )
@@ -47,6 +49,11 @@ class Job(NamedTuple):
     root_id: str | None
     parent_id: str | None
     group_id: str | None
+    # NULL for plain JSON jobs (pgq/payload.py, pgq/security.py)
+    content_type: str | None = None
+    compression: str | None = None
+    payload: bytes | None = None
+    signature: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -108,8 +115,18 @@ def lost(task: Task | None, job: Job, exc: BaseException) -> Outcome:
     task's failure, so no retry delay applies), else FAILURE."""
     limit = max_retries_for(task, job_options(job))
     if task is not None and (limit is None or job.retries < limit):
-        return retry(job, exc, 0.0)
-    return failure(job, exc, with_traceback=False)
+        outcome = retry(job, exc, 0.0)
+    else:
+        outcome = failure(job, exc, with_traceback=False)
+    announce_end(task, job_request(job), outcome, exc)
+    return outcome
+
+
+def timed_out(task: Task | None, job: Job, exc: BaseException, runtime_ms: float) -> Outcome:
+    """The child running `job` was killed at its hard time limit."""
+    outcome = on_error(task, job, exc, runtime_ms)
+    announce_end(task, job_request(job), outcome, exc)
+    return outcome
 
 
 @contextmanager
@@ -139,18 +156,19 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
             f"task {job.task!r} is not registered in this worker (check -A and include)"),
             with_traceback=False)
     started = time.perf_counter()
+    policy = payload.worker_policy(app)
     try:
+        if job.signature is not None or policy.require_signature:
+            security.check(app, job)
         options = job_options(job)
         limit = max_retries_for(task, options)
         if limit is not None and job.retries > limit:  # its worker was lost once too often
             return failure(job, WorkerLostError(
                 f"the worker running {job.task} was lost {job.retries} time(s); "
                 f"max_retries is {limit}"), with_traceback=False)
-        args = serialization.loads(job.args)
-        kwargs = serialization.loads(job.kwargs)
-        if options.get("content_type") == "pickle":
-            accept = "pickle" in app.conf.accept_content
-            args, kwargs = serialization.maybe_unpickle(args, accept)
+        args, kwargs = payload.decode_arguments(policy, job, options)
+    except (SecurityError, ContentDisallowed) as exc:  # refused unread: nothing ran
+        return failure(job, exc, with_traceback=False)
     except Exception as exc:
         return failure(job, exc)
     request = Request(
@@ -163,25 +181,76 @@ def execute(app: App, job: Job, hostname: str, default_soft_limit: float | None 
     soft_limit = options.get("soft_time_limit") or task.soft_time_limit or default_soft_limit
     request_context.push(request)
     try:
+        if signals.task_prerun.receivers:
+            signals.task_prerun.send(sender=task, task_id=job.id, task=task, args=args,
+                                     kwargs=kwargs)
+        outcome, retval = _run(app, policy, task, job, request, options, soft_limit,
+                               started)
+        announce_end(task, request, outcome, retval)
+        if signals.task_postrun.receivers:
+            signals.task_postrun.send(sender=task, task_id=job.id, task=task, args=args,
+                                      kwargs=kwargs, retval=retval, state=outcome.state)
+        return outcome
+    finally:
+        request_context.pop()
+
+
+def _run(app: App, policy: payload.WorkerPolicy, task: Task, job: Job, request: Request,
+         options: dict[str, Any], soft_limit: float | None, started: float
+         ) -> tuple[Outcome, Any]:
+    """Run the task: its outcome, and its return value or the exception it raised."""
+    try:
         with soft_time_limit(soft_limit):
-            value = task.run(*args, **kwargs)
+            value = task.run(*request.args, **request.kwargs)
         runtime_ms = (time.perf_counter() - started) * 1000
         ignore = options.get("ignore_result",
                              task.ignore_result or app.conf.task_ignore_result)
-        encoded = None if ignore else serialization.dumps(value, "result")
-        return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms)
+        encoded = None if ignore else payload.encode_result(app, policy, value)
+        return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms), value
     except Retry as signal_retry:
         runtime_ms = (time.perf_counter() - started) * 1000
-        return retry(job, signal_retry.exc, _countdown(signal_retry.when), runtime_ms)
+        return retry(job, signal_retry.exc, _countdown(signal_retry.when), runtime_ms), \
+            signal_retry
     except EncodeError as exc:
-        return failure(job, exc, (time.perf_counter() - started) * 1000)
+        return failure(job, exc, (time.perf_counter() - started) * 1000), exc
     except Exception as exc:
         outcome = on_error(task, job, exc, (time.perf_counter() - started) * 1000)
         if outcome.state == "FAILURE":
             run_request_errbacks(app, options, request, exc)
-        return outcome
-    finally:
-        request_context.pop()
+        return outcome, exc
+
+
+def announce_end(task: Task | None, request: Request, outcome: Outcome, retval: Any) -> None:
+    """task_success / task_failure / task_retry for a job's outcome (`retval`: the value
+    returned, or the exception raised)."""
+    if task is None:
+        return
+    if outcome.state == "SUCCESS":
+        if signals.task_success.receivers:
+            signals.task_success.send(sender=task, result=retval)
+    elif outcome.state == "FAILURE":
+        if signals.task_failure.receivers:
+            signals.task_failure.send(
+                sender=task, task_id=request.id, exception=retval, args=request.args,
+                kwargs=request.kwargs, traceback=retval.__traceback__,
+                einfo=signals.ExceptionInfo(retval))
+    elif signals.task_retry.receivers:
+        signals.task_retry.send(sender=task, request=request, reason=retval,
+                                einfo=signals.ExceptionInfo(retval))
+
+
+def job_request(job: Job, hostname: str | None = None) -> Request:
+    """The request of a job that is not running here (lost, timed out, revoked), for the
+    signals about it; arguments decoded where they can be."""
+    try:
+        args, kwargs = serialization.loads(job.args), serialization.loads(job.kwargs)
+    except Exception:
+        args, kwargs = [], {}
+    return Request(id=job.id, task=job.task, args=args if isinstance(args, list) else [],
+                   kwargs=kwargs if isinstance(kwargs, dict) else {}, retries=job.retries,
+                   queue=job.queue, priority=job.priority, eta=job.eta, hostname=hostname,
+                   root_id=job.root_id or job.id, parent_id=job.parent_id,
+                   group_id=job.group_id, attempts=job.attempts, called_directly=False)
 
 
 def takes_request_exc_traceback(app: App, sig: Any) -> bool:

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pgq import signals
 from pgq.errors import TimeLimitExceeded, WorkerLostError
-from pgq.worker.executor import Job, Outcome, execute, job_options, lost, on_error
+from pgq.worker.executor import Job, Outcome, execute, job_options, lost, timed_out
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -64,6 +65,14 @@ def _child_main(config: PoolConfig, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
+    signals.worker_process_init.send(sender=None)
+    try:
+        _serve(config, conn)
+    finally:
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+
+def _serve(config: PoolConfig, conn: Connection) -> None:
     done = 0
     while True:
         try:
@@ -223,7 +232,7 @@ class PreforkPool:
                           job.id, job.task, limit)
                 child.kill()
                 task = self.config.app.tasks.get(job.task)
-                outcomes.append(on_error(task, job, TimeLimitExceeded(
+                outcomes.append(timed_out(task, job, TimeLimitExceeded(
                     f"{job.task} exceeded its time limit of {limit}s"), limit * 1000 if limit
                     else 0.0))
                 self.children[index] = _Child(self.config)

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgq import signals
 from pgq.db.connection import execute, first_line
 from pgq.db.listener import Listener
 from pgq.task import rate_interval
 from pgq.worker.autoscale import Autoscaler, initial_size
 from pgq.worker.completer import write_outcomes
-from pgq.worker.executor import Job, Outcome
+from pgq.worker.events import EventPublisher
+from pgq.worker.executor import Job, Outcome, job_request
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.metrics import Metrics, PrometheusMetrics
 from pgq.worker.metrics import serve as serve_metrics
@@ -61,6 +63,8 @@ class Worker:
         beat: bool = False,
         metrics_port: int | None = None,
         autoscale: tuple[int, int] | None = None,
+        task_events: bool | None = None,
+        heartbeat_events: bool = True,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -116,6 +120,10 @@ class Worker:
         self.eta_due = float("inf")  # when the earliest waiting (eta/countdown) job is due
         self.db_retry_at = 0.0
         self.db_backoff = 0.1
+        self.events = EventPublisher(
+            app, self.id, self.hostname, self.queues,
+            task_events=conf.worker_send_task_events if task_events is None else task_events,
+            heartbeats=heartbeat_events, active=self.pool.busy)
 
     # --- wake-ups ---------------------------------------------------------------------------
 
@@ -139,6 +147,8 @@ class Worker:
         self._wake()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        signals.worker_shutting_down.send(sender=self.hostname, sig=signal.Signals(signum).name,
+                                          how="Cold" if self.stopping else "Warm", exitcode=0)
         if self.stopping:
             log.warning("second signal: cold shutdown, returning running jobs to the queue")
             self.cold = True
@@ -192,9 +202,10 @@ class Worker:
             if self.claim_uncertain:
                 self._release_unknown(conn)
             claimed: list[Job] = []
+            written: set[str] = set()
             with conn.transaction():
                 if outcomes:
-                    self._complete(conn, outcomes)
+                    written = self._complete(conn, outcomes)
                 if want:
                     self.claim_uncertain = True
                     rows = execute(conn, q.claim, {"queues": self.queues, "limit": want,
@@ -213,6 +224,7 @@ class Worker:
             self._db_failed(exc)
             return
         self.pending = []
+        self.events.finished(outcomes, written, self.inflight)
         self.metrics.finished(outcomes, self.inflight)
         for outcome in outcomes:
             self.inflight.pop(outcome.id, None)
@@ -229,6 +241,8 @@ class Worker:
                     self.held.append(job)
                 else:
                     log.info("job %s (%s) expired before it started: REVOKED", job.id, job.task)
+                    self._revoked(job, expired=True)
+            self._received(claimed)
 
     def _storable(self, conn: psycopg.Connection[Any], outcome: Outcome) -> Outcome:
         """`outcome` if it can be written, else a FAILURE saying why it could not."""
@@ -296,9 +310,30 @@ class Worker:
                 heapq.heappush(self.due_times, slot.timestamp() + offset)
         return jobs
 
-    def _complete(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> None:
-        if write_outcomes(self.app, conn, self.id, outcomes, self.inflight):
+    def _complete(self, conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> set[str]:
+        due_now, written = write_outcomes(self.app, conn, self.id, outcomes, self.inflight)
+        if due_now:
             self.notified = True  # a job went back to our queues for an immediate retry
+        return written
+
+    # --- signals and events about jobs ------------------------------------------------------
+
+    def _received(self, claimed: list[Job]) -> None:
+        started = [job for job in claimed if job.state == "STARTED"]
+        self.events.received(started)
+        if signals.task_received.receivers:
+            for job in started:
+                signals.task_received.send(sender=self, request=job_request(job, self.hostname))
+
+    def _revoked(self, job: Job | None, *, terminated: bool = False, signum: int | None = None,
+                 expired: bool = False) -> None:
+        if job is None:
+            return
+        self.events.revoked(job, terminated=terminated, signum=signum, expired=expired)
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(sender=self.app.tasks.get(job.task),
+                                      request=job_request(job, self.hostname),
+                                      terminated=terminated, signum=signum, expired=expired)
 
     def _requeue(self, jobs: list[Job]) -> None:
         if not jobs:
@@ -356,6 +391,7 @@ class Worker:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        signals.worker_init.send(sender=self)
         conn = self.app.connect()
         self._register(conn)
         conn.close()
@@ -372,9 +408,14 @@ class Worker:
 
             scheduler = Scheduler(self.app)
             scheduler.start_thread()
+        in_process = self.pool_name != "prefork"  # threads, solo: jobs run in this process
+        if in_process:
+            signals.worker_process_init.send(sender=None)
         self.pool.start()
         log.info("worker %s ready: host %s, queues %s, %s pool of %d", self.id, self.hostname,
                  ",".join(self.queues), self.pool_name, self.concurrency)
+        self.events.start()
+        signals.worker_ready.send(sender=self)
         try:
             self._loop()
         finally:
@@ -383,6 +424,10 @@ class Worker:
             self.held.clear()
             if self.pending:
                 self._flush_and_claim(0)
+            self.events.stop()
+            if in_process:
+                signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+            signals.worker_shutdown.send(sender=self)
             if listener is not None:
                 listener.stop()
             heartbeat.stop()
@@ -414,7 +459,7 @@ class Worker:
             self._note(self.pool.collect(ready))
             self._note(self.pool.expire())
             while self.to_terminate:
-                self.pool.terminate(self.to_terminate.pop())
+                self._terminate(self.to_terminate.pop())
             self._return_stale_held()
             want = self._want()
             if want or self._should_flush():
@@ -422,9 +467,19 @@ class Worker:
             if self.autoscaler is not None and not self.stopping:
                 self.concurrency = self.autoscaler.scale(len(self.held) - self.pool.free())
             while self.held and self.pool.free() > 0:
-                self.pool.submit(self.held.popleft())
+                job = self.held.popleft()
+                self.events.started(job)
+                self.pool.submit(job)
                 if self.pool.has_ready():
                     self._note(self.pool.collect([]))
+
+    def _terminate(self, job_id: str) -> None:
+        """revoke(terminate=True): the pool kills the child running it (the job is REVOKED
+        already, so no outcome is written for it)."""
+        if self.pool.terminate(job_id):
+            self._revoked(self.inflight.pop(job_id, None), terminated=True,
+                          signum=int(signal.SIGKILL))
+            self.claimed_at.pop(job_id, None)
 
     def _note(self, outcomes: list[Outcome]) -> None:
         if not outcomes:

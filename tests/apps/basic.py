@@ -193,3 +193,36 @@ def errback_with_request(request: Any, exc: BaseException, traceback: Any) -> No
 @app.task
 def fail_with_path(path: str) -> None:
     raise RuntimeError(path)
+
+
+# --- serializers, compression, signing (tests/test_payload.py) ---------------------------------
+
+
+class Point:
+    """Not JSON: travels only by pickle."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (other.x, other.y) == (self.x, self.y)
+
+
+@app.task
+def make_point(x: int, y: int) -> Point:
+    return Point(x, y)
+
+
+@app.task
+def point_sum(point: Point) -> int:
+    return point.x + point.y
+
+
+@app.task(serializer="yaml")
+def yaml_echo(*args: Any, **kwargs: Any) -> Any:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(compression="bzip2")
+def measure(text: str) -> int:
+    return len(text)
