@@ -8,10 +8,11 @@ enqueued first, then `pgq worker -P POOL -c N` is started and the rate is measur
 first claim to the last completion (SQL span). Each variant gets about `--seconds` of work at
 its ceiling — slots ÷ task time for I/O; for CPU, at most one core per prefork child (2 cores
 here) and one core in all for threads (the GIL). `memory` is the proportional set size (PSS)
-of the worker and its children once drained, from /proc/PID/smaps_rollup. With `--repeat N`
-every variant runs N times (interleaved) and the table shows medians, with the range of
-jobs/s. `other CPU` is the share of the machine that other processes used meanwhile: above a
-few percent, the figures are disturbed.
+of the worker and its children once drained, from /proc/PID/smaps_rollup; `CPU/job` the CPU
+time the worker and its children used per job, from its registration to the last job.
+With `--repeat N` every variant runs N times (interleaved) and the table shows medians, with
+the range of jobs/s. `other CPU` is the share of the machine that other processes used
+meanwhile: above a few percent, the figures are disturbed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 import psycopg
 from common import (
     CpuMeter,
+    _children,
+    _process_cpu_s,
     format_table,
     fresh_schema,
     local_postmaster,
@@ -43,6 +46,7 @@ PGQ_BIN = str(Path(sys.executable).parent / "pgq")
 VARIANTS = [("prefork", 2), ("prefork", 16), ("threads", 2), ("threads", 16), ("threads", 32)]
 TASKS = {"io": 0.010, "cpu": 0.005}  # task -> seconds per job
 CORES = os.cpu_count() or 1
+Run = tuple[int, float, float, float, float]
 
 
 def ceiling(task: str, pool: str, concurrency: int) -> float:
@@ -65,6 +69,11 @@ def pss_mib(pid: int) -> float:
     return total_kib / 1024
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU-seconds of `pid`, its live children and the children it has reaped."""
+    return _process_cpu_s(pid, True) + sum(_process_cpu_s(c, False) for c in _children(pid))
+
+
 def query(conn: psycopg.Connection[Any], schema: str, text: str) -> Any:
     row = conn.execute(sql.SQL(text).format(sql.Identifier(schema))).fetchone()
     assert row is not None
@@ -72,8 +81,8 @@ def query(conn: psycopg.Connection[Any], schema: str, text: str) -> Any:
 
 
 def run_variant(conn: psycopg.Connection[Any], dsn: str, schema: str, tasks: Any, task: str,
-                pool: str, concurrency: int, seconds: float) -> tuple[int, float, float, float]:
-    """(jobs, jobs/s, PSS MiB, other processes' share of the CPU) of one drain."""
+                pool: str, concurrency: int, seconds: float) -> Run:
+    """(jobs, jobs/s, PSS MiB, other processes' share of the CPU, worker CPU-ms per job)."""
     jobs = max(100, round(ceiling(task, pool, concurrency) * seconds, -2))
     signature = getattr(tasks, task).s
     tasks.app.enqueue_many([signature(i) for i in range(int(jobs))])
@@ -85,11 +94,18 @@ def run_variant(conn: psycopg.Connection[Any], dsn: str, schema: str, tasks: Any
              "--dsn", dsn, "-l", "WARNING"], env=env, start_new_session=True)
         try:
             deadline = time.monotonic() + 60 + 10 * seconds
+            while not conn.execute(sql.SQL("SELECT 1 FROM {}.workers WHERE pid = %s").format(
+                    sql.Identifier(schema)), (worker.pid,)).fetchone():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{pool} -c {concurrency}: the worker did not start")
+                time.sleep(0.01)
+            cpu_at_start = tree_cpu_s(worker.pid)
             while query(conn, schema, "SELECT count(*) FROM {}.jobs "
                         "WHERE finished_at IS NULL")[0]:
                 if worker.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{pool} -c {concurrency}: worker exited or too slow")
                 time.sleep(0.05)
+            worker_cpu = tree_cpu_s(worker.pid) - cpu_at_start
             memory = pss_mib(worker.pid)
         finally:
             worker.send_signal(signal.SIGTERM)
@@ -100,17 +116,17 @@ def run_variant(conn: psycopg.Connection[Any], dsn: str, schema: str, tasks: Any
     if done != jobs:
         raise RuntimeError(f"{pool} -c {concurrency}: {done} of {jobs:.0f} jobs succeeded")
     conn.execute(sql.SQL("TRUNCATE {}.jobs").format(sql.Identifier(schema)))
-    return done, done / span, memory, cpu.others / cpu.available
+    return done, done / span, memory, cpu.others / cpu.available, worker_cpu * 1000 / done
 
 
-def row(task: str, pool: str, concurrency: int,
-        runs: list[tuple[int, float, float, float]]) -> list[str]:
+def row(task: str, pool: str, concurrency: int, runs: list[Run]) -> list[str]:
     rates = [r[1] for r in runs]
     rate = statistics.median(rates)
     limit = ceiling(task, pool, concurrency)
     spread = f"{min(rates):,.0f}-{max(rates):,.0f}" if len(runs) > 1 else ""
     return [task, pool, str(concurrency), f"{runs[0][0]:,}", f"{rate:,.0f}", spread,
             f"{limit:,.0f}", f"{rate / limit:.0%}",
+            f"{statistics.median(r[4] for r in runs):.2f} ms",
             f"{statistics.median(r[2] for r in runs):.0f} MiB",
             f"{statistics.median(r[3] for r in runs):.0%}"]
 
@@ -128,8 +144,7 @@ def main() -> int:
     dsn = resolve_dsn(args.dsn)
     print_details(machine_details(dsn))
     variants = [(task, pool, c) for task in TASKS for pool, c in VARIANTS]
-    runs: dict[tuple[str, str, int], list[tuple[int, float, float, float]]] = {
-        v: [] for v in variants}
+    runs: dict[tuple[str, str, int], list[Run]] = {v: [] for v in variants}
     with fresh_schema(dsn, "poolbench") as schema, \
             psycopg.connect(dsn, autocommit=True) as conn:
         os.environ["PGQ_BENCH_SCHEMA"] = schema
@@ -148,7 +163,7 @@ def main() -> int:
             pool_tasks.app.close()
     print()
     print(format_table(("task", "pool", "-c", "jobs", "jobs/s", "range", "ceiling",
-                        "of ceiling", "memory", "other CPU"),
+                        "of ceiling", "CPU/job", "memory", "other CPU"),
                        [row(*variant, runs[variant]) for variant in variants]))
     return 0
 
