@@ -20,9 +20,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from pgq.errors import ConfigurationError
 
@@ -82,7 +83,7 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def _source_filter() -> object:
+def _source_filter() -> Callable[[Any, str], bool]:
     from watchfiles import PythonFilter
 
     class SourceFilter(PythonFilter):
@@ -112,12 +113,18 @@ class Reloader:
             log.info("reload: watching %s for changes to .py files",
                      ", ".join(map(str, self.dirs)))
             self._start()
-            for changes in watch(*self.dirs, watch_filter=_source_filter(),  # type: ignore[arg-type]
-                                 stop_event=self.stop, rust_timeout=CHECK_EVERY_MS,
-                                 yield_on_timeout=True, raise_interrupt=False):
-                self._reap()
-                if changes and not self.stop.is_set():
-                    self._restart(sorted({path for _, path in changes}))
+            try:
+                for changes in watch(*self.dirs, watch_filter=_source_filter(),
+                                     stop_event=self.stop, rust_timeout=CHECK_EVERY_MS,
+                                     yield_on_timeout=True, raise_interrupt=False):
+                    self._reap()
+                    if changes and not self.stop.is_set():
+                        self._restart(sorted({path for _, path in changes}))
+            except OSError as exc:  # e.g. the system's limit of inotify watches
+                self._on_signal(signal.SIGTERM, None)
+                self._wait_all()
+                raise ConfigurationError(f"--reload cannot watch "
+                                         f"{', '.join(map(str, self.dirs))}: {exc}") from None
             return self._wait_all()
         finally:
             for sig, handler in previous.items():
