@@ -139,11 +139,16 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of every variant; the table shows medians (default 1)")
     parser.add_argument("--quick", action="store_true", help="0.3 s per variant: smoke test")
+    parser.add_argument("--only", metavar="TASK:POOL:C,…",
+                        help="run only these variants, e.g. io:prefork:2,cpu:threads:16")
     args = parser.parse_args()
     seconds = 0.3 if args.quick else args.seconds
     dsn = resolve_dsn(args.dsn)
     print_details(machine_details(dsn))
     variants = [(task, pool, c) for task in TASKS for pool, c in VARIANTS]
+    if args.only:
+        wanted = {tuple(v.split(":")) for v in args.only.split(",")}
+        variants = [v for v in variants if (v[0], v[1], str(v[2])) in wanted]
     runs: dict[tuple[str, str, int], list[Run]] = {v: [] for v in variants}
     with fresh_schema(dsn, "poolbench") as schema, \
             psycopg.connect(dsn, autocommit=True) as conn:

@@ -514,10 +514,14 @@ class Worker:
         return (self.concurrency + self._buffer() + headroom - self.pool.busy()
                 - len(self.held))
 
+    def _may_claim(self) -> bool:
+        """Room to claim: free capacity, and no more than half the buffer still held."""
+        return self._capacity() > 0 and len(self.held) <= self._buffer() // 2
+
     def _want(self) -> int:
-        capacity = self._capacity()
-        if capacity <= 0 or len(self.held) > self._buffer() // 2:
+        if not self._may_claim():
             return 0
+        capacity = self._capacity()
         now = time.monotonic()
         poll_due = now - self.last_claim >= self.poll_interval
         while self.due_times and self.due_times[0] <= now:
@@ -553,7 +557,9 @@ class Worker:
             return 0.0
         now = time.monotonic()
         timeout = self.poll_interval  # with no room, only a finishing child matters
-        if self._capacity() > 0:
+        # (Without room, a pending NOTIFY or a full last claim must not make the wait 0:
+        # the loop would spin until the held jobs drain.)
+        if self._may_claim():
             timeout = max(0.0, self.poll_interval - (now - self.last_claim))
             next_due = min(self.due_times[0] if self.due_times else float("inf"), self.eta_due)
             timeout = max(0.0, min(timeout, next_due - now))
