@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from pgq import enqueue
+from pgq import enqueue, loops, routing
 from pgq.config import Settings
 from pgq.db.connection import ProducerPool, check_dsn, connect, execute
 from pgq.db.queries import Queries, queries_for
@@ -20,7 +21,11 @@ from pgq.result import AsyncResult, ResultWaiter, wait_loop
 from pgq.task import Task, make_task
 
 log = logging.getLogger("pgq")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+if TYPE_CHECKING:
+    from pgq.task import AsyncTask, BoundTaskDecorator, LooseTaskDecorator, TaskDecorator
 
 _current: App | None = None
 _Result = AsyncResult  # the class, for annotations inside App (which has a method of that name)
@@ -87,6 +92,7 @@ class App:
             )
         self.main = name
         self.schema = schema
+        self.task_cls = _task_class(settings.pop("task_cls", None))
         self.conf = Settings(**settings)
         if default_queue is not None:
             self.conf.update(task_default_queue=default_queue)
@@ -94,9 +100,10 @@ class App:
             self.conf.update(include=[*self.conf.include, *include])
         self._dsn = check_dsn(dsn) if dsn is not None else self._dsn_from_urls(broker, backend)
         self.tasks: dict[str, Task] = {}
-        self._pool: ProducerPool | None = None
-        self._waiter: ResultWaiter | None = None
+        self._pools: dict[str, ProducerPool] = {}  # by DSN (queue_databases: one per database)
+        self._waiters: dict[str, ResultWaiter] = {}  # by LISTEN DSN
         self._waiter_pid = -1
+        self._worker_dsn: str | None = None  # a worker for routed queues: their database
         self._lock = threading.Lock()
         self.periodic_tasks: dict[str, tuple[Any, Any]] = {}
         self._register_builtins()
@@ -134,7 +141,14 @@ class App:
 
     @property
     def dsn(self) -> str:
-        """The DSN: explicit, else $PGQ_DSN, else the embedded server (started on demand)."""
+        """Where this process's connections go: the app's own database, or in a worker for
+        queues routed by `queue_databases`, theirs."""
+        return self._worker_dsn or self.default_dsn
+
+    @property
+    def default_dsn(self) -> str:
+        """The app's own database: explicit, else $PGQ_DSN, else the embedded server
+        (started on demand)."""
         if self._dsn is None:
             env = os.environ.get("PGQ_DSN")
             if env:
@@ -182,12 +196,24 @@ class App:
 
     # --- tasks ------------------------------------------------------------------------------
 
+    # The overloads give a type checker the task's parameters and return type: see
+    # "Type checking" in docs/tasks.md.
     @overload
-    def task(self, fn: F) -> Task: ...
+    def task(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, **options: Any
+    ) -> AsyncTask[P, R]: ...
     @overload
-    def task(self, fn: None = None, **options: Any) -> Callable[[F], Task]: ...
+    def task(self, fn: Callable[P, R], /, **options: Any) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: None = None, /, *, bind: Literal[False] = False,
+             **options: Any) -> TaskDecorator: ...
+    @overload
+    def task(self, fn: None = None, /, *, bind: Literal[True], **options: Any
+             ) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, fn: None = None, /, *, bind: bool, **options: Any) -> LooseTaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: `@app.task` or `@app.task(name=..., queue=...)`.
 
         Options (all optional, Celery's names): `name` (default `module.qualname`), `queue`,
@@ -208,7 +234,7 @@ class App:
         """
 
         def register(func: Callable[..., Any]) -> Task:
-            base = options.pop("base", None) or Task
+            base = options.pop("base", None) or self.task_cls
             task = make_task(self, func, base, dict(options))
             if task.name in self.tasks:
                 raise ConfigurationError(
@@ -225,10 +251,10 @@ class App:
         app = self
 
         def pgq_map(task: str, items: list[Any]) -> list[Any]:
-            return [app.tasks[task](item) for item in items]
+            return [_settled(app.tasks[task](item)) for item in items]
 
         def pgq_starmap(task: str, items: list[list[Any]]) -> list[Any]:
-            return [app.tasks[task](*item) for item in items]
+            return [_settled(app.tasks[task](*item)) for item in items]
 
         self.task(name="pgq.map")(pgq_map)
         self.task(name="pgq.starmap")(pgq_starmap)
@@ -241,28 +267,43 @@ class App:
 
     @property
     def pool(self) -> ProducerPool:
-        if self._pool is None:
+        return self.pool_for(self.dsn)
+
+    def pool_for(self, dsn: str) -> ProducerPool:
+        """The producer pool of one database (the app's own, or a `queue_databases` one)."""
+        pool = self._pools.get(dsn)
+        if pool is None:
             with self._lock:
-                if self._pool is None:
-                    self._pool = ProducerPool(self.dsn, int(self.conf.pool_max_size),
-                                              self.connect_kwargs())
-        return self._pool
+                pool = self._pools.get(dsn)
+                if pool is None:
+                    pool = self._pools[dsn] = ProducerPool(
+                        dsn, int(self.conf.pool_max_size), self.connect_kwargs())
+        return pool
+
+    def serve_queues(self, queues: Sequence[str]) -> None:
+        """Called by a worker: connect where `queues` live (one database per worker)."""
+        dsn = routing.worker_database(self, queues)
+        self._worker_dsn = dsn if dsn is not None and dsn != self.default_dsn else None
 
     def connect_kwargs(self) -> dict[str, Any]:
         # PgBouncer (before 1.21) in transaction mode cannot keep prepared statements.
         return {"prepare_threshold": None} if self.conf.pgbouncer else {}
 
-    def connect(self, **kwargs: Any) -> Any:
-        """A new connection of pgq's own (autocommit unless told otherwise)."""
-        return connect(self.dsn, **self.connect_kwargs(), **kwargs)
+    def connect(self, dsn: str | None = None, **kwargs: Any) -> Any:
+        """A new connection of pgq's own (autocommit unless told otherwise), to `self.dsn`
+        unless another DSN is given."""
+        return connect(dsn or self.dsn, **self.connect_kwargs(), **kwargs)
 
     @property
     def listen_dsn(self) -> str | None:
-        """Where LISTEN can go: `listen_dsn`, else the DSN unless it is a PgBouncer one
-        (None: poll instead)."""
-        if self.conf.listen_dsn:
+        return self.listen_dsn_for(self.dsn)
+
+    def listen_dsn_for(self, dsn: str) -> str | None:
+        """Where LISTEN for database `dsn` can go: `listen_dsn` (for the app's own database),
+        else the DSN itself unless it is a PgBouncer one (None: poll instead)."""
+        if self.conf.listen_dsn and dsn == self.default_dsn:
             return check_dsn(str(self.conf.listen_dsn))
-        return None if self.conf.pgbouncer else self.dsn
+        return None if self.conf.pgbouncer else dsn
 
     def send_task(
         self,
@@ -281,7 +322,8 @@ class App:
         if self.conf.task_always_eager and connection is None:
             return self._run_eagerly(row, task)
         (job_id,) = enqueue.insert(self, [row], connection)
-        return AsyncResult(job_id, app=self, task_name=name)
+        return AsyncResult(job_id, app=self, task_name=name,
+                           database=routing.database_for(self, row.queue))
 
     def _run_eagerly(self, row: enqueue.JobRow, task: Task | None) -> AsyncResult:
         """`task_always_eager`: run the job here and now (for unit tests of user code)."""
@@ -299,7 +341,7 @@ class App:
                      parent_id=row.parent_id, group_id=row.group_id, called_directly=False,
                      is_eager=True))
         try:
-            value = task.run(*args, **kwargs)
+            value = _settled(task.run(*args, **kwargs))
         except Exception as exc:
             if self.conf.task_eager_propagates:
                 raise
@@ -307,6 +349,28 @@ class App:
         finally:
             pop()
         return EagerResult(row.id, "SUCCESS", value, app=self)
+
+    async def asend_task(self, name: str, args: Sequence[Any] | None = None,
+                         kwargs: Mapping[str, Any] | None = None, *, connection: Any = None,
+                         _task: Task | None = None, **options: Any) -> AsyncResult:
+        """`send_task` for async code (an async connection or the app's async pool)."""
+        from pgq import aio
+
+        return await aio.send_task(self, name, args, kwargs, connection=connection,
+                                   _task=_task, **options)
+
+    async def aenqueue_many(self, signatures: Iterable[Any], *, connection: Any = None
+                            ) -> list[AsyncResult]:
+        """`enqueue_many` for async code."""
+        from pgq import aio
+
+        return await aio.enqueue_many(self, signatures, connection=connection)
+
+    async def aclose(self) -> None:
+        """Close this app's async pool of the running event loop."""
+        from pgq import aio
+
+        await aio.close(self)
 
     def signature(self, name: str, args: Sequence[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
@@ -321,23 +385,10 @@ class App:
         for all plain task signatures."""
         from pgq import workflow
 
-        sigs = list(signatures)
-        kinds = [workflow.is_workflow(s) for s in sigs]
-        plain = [s for s, is_flow in zip(sigs, kinds, strict=True) if not is_flow]
-        rows = enqueue.build_rows(self, plain)
-        chords: list[Any] = []
-        workflow_ids = []
-        for sig, is_flow in zip(sigs, kinds, strict=True):
-            if is_flow:
-                sig_plan, started = workflow.plan(self, sig)
-                rows.extend(sig_plan.jobs)
-                chords.extend(sig_plan.chords)
-                workflow_ids.append(started.result_id or started.group_id or "")
-        ids = enqueue.insert_plan(self, rows, chords, connection)
-        plain_ids, other_ids = iter(ids[:len(plain)]), iter(workflow_ids)
-        return [AsyncResult(next(other_ids) if is_flow else next(plain_ids), app=self,
-                            task_name=sig["task"]) for sig, is_flow in zip(sigs, kinds,
-                                                                           strict=True)]
+        batch = workflow.plan_many(self, signatures)
+        ids = enqueue.insert_plan(self, batch.jobs, batch.chords, connection)
+        return [AsyncResult(job_id, app=self, task_name=name)
+                for job_id, name in zip(batch.result_ids(ids), batch.names, strict=True)]
 
     @property
     def events(self) -> Events:
@@ -357,21 +408,30 @@ class App:
 
         return GroupResult(id, results, app=self)
 
-    def _result_waiter(self) -> ResultWaiter | None:
-        listen_dsn = self.listen_dsn
+    def _result_waiter(self, dsn: str) -> ResultWaiter | None:
+        listen_dsn = self.listen_dsn_for(dsn)
         if listen_dsn is None:
             return None  # PgBouncer without a listen_dsn: get() polls
-        if self._waiter is None or self._waiter_pid != os.getpid():
-            with self._lock:
-                if self._waiter is None or self._waiter_pid != os.getpid():
-                    self._waiter = ResultWaiter(listen_dsn, self.queries.done_channel)
-                    self._waiter_pid = os.getpid()
-        return self._waiter
+        with self._lock:
+            if self._waiter_pid != os.getpid():  # a forked child: its parent's are not ours
+                self._waiters, self._waiter_pid = {}, os.getpid()
+            waiter = self._waiters.get(listen_dsn)
+            if waiter is None:
+                waiter = self._waiters[listen_dsn] = ResultWaiter(listen_dsn,
+                                                                  self.queries.done_channel)
+        return waiter
 
     def wait_for(self, job_ids: Sequence[str], timeout: float | None,
-                 check: Callable[[], Any]) -> Any:
-        return wait_loop(self._result_waiter(), job_ids, timeout, check,
+                 check: Callable[[], Any], databases: Sequence[str] | None = None) -> Any:
+        """Wait until `check()` says done, woken by `done` notifications from `databases`
+        (default: every database the jobs may be in)."""
+        waiters = [self._result_waiter(dsn) for dsn in databases or self.databases()]
+        return wait_loop(waiters, job_ids, timeout, check,
                          float(self.conf.result_poll_interval))
+
+    def databases(self) -> list[str]:
+        """Every database this app's jobs may live in (several with `queue_databases`)."""
+        return routing.databases(self) if routing.routes(self) else [self.dsn]
 
     def backend_update_state(self, job_id: str, state: str, meta: Any) -> None:
         from pgq import serialization
@@ -380,32 +440,43 @@ class App:
             execute(conn, self.queries.update_state,
                     {"id": job_id, "state": state, "meta": serialization.dumps(meta, "meta")})
 
-    def revoke(self, job_id: str, terminate: bool = False) -> bool:
+    def revoke(self, job_id: str, terminate: bool = False,
+               databases: Sequence[str] | None = None) -> bool:
         """Revoke a job: never run if waiting; if running and `terminate`, kill its child."""
         q = self.queries
-        with self.pool.connection() as conn, conn.transaction():
-            rows = execute(conn, q.revoke, {"id": str(job_id)})
-            if rows and terminate:
-                execute(conn, q.notify, {"channel": q.control_channel,
-                                         "payload": f"terminate:{job_id}"})
-        return bool(rows)
+        for dsn in databases or self.databases():
+            with self.pool_for(dsn).connection() as conn, conn.transaction():
+                rows = execute(conn, q.revoke, {"id": str(job_id)})
+                if rows and terminate:
+                    execute(conn, q.notify, {"channel": q.control_channel,
+                                             "payload": f"terminate:{job_id}"})
+            if rows:
+                return True
+        return False
 
     # --- database ---------------------------------------------------------------------------
 
     def migrate(self, sql: bool = False) -> str | None:
-        """Bring the app's schema to the newest version, as `pgq migrate` does (safe to run
-        twice, or from several processes at once); `sql=True` returns the SQL instead."""
+        """Bring the app's schema to the newest version in every database of the app (its
+        own and each `queue_databases` one), as `pgq migrate` does (safe to run twice, or
+        from several processes at once); `sql=True` returns the SQL instead."""
         from pgq.migrate import upgrade
 
-        return upgrade(self.dsn, self.schema, sql=sql)
+        if sql:
+            return upgrade(self.dsn, self.schema, sql=True)
+        for dsn in self.databases():
+            upgrade(dsn, self.schema)
+        return None
 
     def close(self) -> None:
-        """Close the app's connection pool and its LISTEN connection (reopened on demand)."""
-        if self._pool is not None:
-            self._pool.close()
-        if self._waiter is not None and self._waiter_pid == os.getpid():
-            self._waiter.listener.stop()
-        self._waiter = None
+        """Close the app's connection pools and LISTEN connections (reopened on demand)."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
+        if self._waiter_pid == os.getpid():
+            for waiter in self._waiters.values():
+                waiter.listener.stop()
+        self._waiters = {}
 
     def add_periodic_task(self, schedule: Any, sig: Any, *, name: str | None = None,
                           **_: Any) -> str:
@@ -441,6 +512,26 @@ class App:
             return self.tasks[name]
         except KeyError:
             raise NotRegistered(f"task {name!r} is not registered in this app") from None
+
+
+def _settled(value: Any) -> Any:
+    """The value of an `async def` task's call (map/starmap over it), else `value`."""
+    return loops.run(value) if inspect.iscoroutine(value) else value
+
+
+def _task_class(value: type[Task] | str | None) -> type[Task]:
+    """Celery's `task_cls`: the default base class of this app's tasks ("module:Class" too)."""
+    if value is None:
+        return Task
+    if isinstance(value, str):
+        module, _, attr = value.replace(":", ".").rpartition(".")
+        try:
+            value = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigurationError(f"task_cls {value!r} cannot be imported") from None
+    if not (isinstance(value, type) and issubclass(value, Task)):
+        raise ConfigurationError(f"task_cls must be a subclass of pgq.Task, not {value!r}")
+    return value
 
 
 def _match_route(table: Mapping[str, Any], task_name: str) -> Any:

@@ -4,7 +4,9 @@ trip); chain and group turn into job rows, and the worker carries a chain forwar
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -17,8 +19,14 @@ def _current_app(app: App | None) -> App:
     return app or current_app()
 
 
-class Signature(dict[str, Any]):
+# The task's return type; a bare Signature is Signature[Any]. Covariant: a list of signatures
+# of different tasks is a list[Signature[object]], which chain/group/chord accept.
+R = TypeVar("R", covariant=True, default=Any)
+
+
+class Signature(dict[str, Any], Generic[R]):
     """`add.s(2, 3)`: a task name with partial args, kwargs and calling options.
+    `Signature[R]`: its `delay().get()` returns the task's `R`.
 
     A signature is a plain `dict` (`task`, `args`, `kwargs`, `options`, `immutable`,
     `subtask_type`), so it survives a JSON round trip; `pgq.signature(d)` rebuilds one.
@@ -73,7 +81,7 @@ class Signature(dict[str, Any]):
     def immutable(self) -> bool:
         return bool(self["immutable"])
 
-    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+    def set(self, immutable: bool | None = None, **options: Any) -> Signature[R]:
         """Add calling options (`queue=`, `countdown=`, `priority=`, …) in place; returns the
         signature itself."""
         if immutable is not None:
@@ -82,9 +90,9 @@ class Signature(dict[str, Any]):
         return self
 
     def clone(self, args: Sequence[Any] | None = None,
-              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
         """A copy with more arguments (positional ones go first) and options."""
-        sig = Signature(dict(self), app=self._app)
+        sig: Signature[R] = Signature(dict(self), app=self._app)
         sig["args"], sig["kwargs"] = self.merged_args(args, kwargs)
         sig["options"] = {**self["options"], **options}
         return sig
@@ -98,25 +106,50 @@ class Signature(dict[str, Any]):
         return [*(args or ()), *self.args], {**self.kwargs, **(kwargs or {})}
 
     def apply_async(self, args: Sequence[Any] | None = None,
-                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+                    kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[R]:
         """Enqueue the task with the signature's arguments plus these (positional ones go
         first), and its options updated with these (as `Task.apply_async`)."""
         all_args, all_kwargs = self.merged_args(args, kwargs)
         return self.app.send_task(self.task, all_args, all_kwargs,
                                   **{**self.options, **options})
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """`apply_async(args, kwargs)` without options."""
         return self.apply_async(args, kwargs)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    async def aapply_async(self, args: Sequence[Any] | None = None,
+                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """`apply_async` for async code (see docs/async.md): a workflow's rows go in on an
+        async connection (`connection=`) or the app's async pool."""
+        from pgq import aio
+
+        if self.get("subtask_type") is None:
+            all_args, all_kwargs = self.merged_args(args, kwargs)
+            return await aio.send_task(self.app, self.task, all_args, all_kwargs,
+                                       **{**self.options, **options})
+        return self._started_result(await aio.start(self, args, kwargs, dict(options)))
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.aapply_async(args, kwargs)
+
+    def _started_result(self, started: Any) -> Any:
+        raise NotImplementedError  # workflows only
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the task body here, with the signature's partial arguments."""
         all_args, all_kwargs = self.merged_args(args, kwargs)
-        return self.app.tasks[self.task](*all_args, **all_kwargs)
+        value: R = self.app.tasks[self.task](*all_args, **all_kwargs)
+        return value
 
-    def __or__(self, other: Signature) -> chain:  # type: ignore[override]
+    def __or__(self, other: Signature) -> chain:  # type: ignore[override]  # not dict's merge
         """`a | b`: a chain of the two."""
         return chain(self, other)
+
+    if TYPE_CHECKING:
+        # For `a | b` of two signatures of different return types, mypy looks at the right
+        # operand's reflected operator first (dict's, a dict merge); at run time `a.__or__`
+        # answers. So the reflected one is declared, for type checkers only, as a chain too.
+        def __ror__(self, other: Signature) -> chain: ...  # type: ignore[override]
 
     def __repr__(self) -> str:
         args = ", ".join([*map(repr, self["args"]),
@@ -184,16 +217,18 @@ class chain(Signature):
         """Enqueue the chain (its first step's row; `connection=` works as for a task).
         `args`/`kwargs` go to the first step. Returns the last step's result, whose
         `.parent` walks back through the steps."""
+        return self._started_result(_start(self, args, kwargs, options))
+
+    def _started_result(self, started: Any) -> AsyncResult:
         from pgq.result import AsyncResult
 
-        started = _start(self, args, kwargs, options)
         result: AsyncResult | None = None
         for job_id in started.step_ids:
             result = AsyncResult(job_id, app=self.app, parent=result)
         assert result is not None
         return result
 
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply_async(args, kwargs)
 
 
@@ -216,13 +251,15 @@ class group(Signature):
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> GroupResult:
         """Enqueue every member in one transaction (`connection=` works as for a task).
         `args`/`kwargs` go to every member."""
+        return self._started_result(_start(self, args, kwargs, options))
+
+    def _started_result(self, started: Any) -> GroupResult:
         from pgq.result import AsyncResult, GroupResult
 
-        started = _start(self, args, kwargs, options)
         results = [AsyncResult(i, app=self.app) for i in started.member_ids]
         return GroupResult(started.group_id or "", results, app=self.app)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
         return self.apply_async(args, kwargs)
 
 
@@ -254,16 +291,26 @@ class chord(Signature):
                     kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
         """Enqueue the header jobs and the chord's counter row in one transaction. Returns
         the body's result: it fails with `ChordError` if a header job fails."""
+        self._check_body()
+        return self._started_result(_start(self, args, kwargs, options))
+
+    async def aapply_async(self, args: Sequence[Any] | None = None,
+                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        self._check_body()
+        return await super().aapply_async(args, kwargs, **options)
+
+    def _check_body(self) -> None:
         from pgq.errors import PgqError
-        from pgq.result import AsyncResult
 
         if self.body is None:
             raise PgqError("a chord needs a body: chord(header, body) or chord(header)(body)")
-        started = _start(self, args, kwargs, options)
+
+    def _started_result(self, started: Any) -> AsyncResult:
+        from pgq.result import AsyncResult
+
         return AsyncResult(started.result_id or "", app=self.app)
 
-    def __call__(self, body: Signature | None = None, **options: Any  # type: ignore[override]
-                 ) -> AsyncResult:
+    def __call__(self, body: Signature | None = None, **options: Any) -> AsyncResult:
         """`chord(header)(body)`: set the body and enqueue, as Celery's shorthand."""
         if body is not None:
             self["kwargs"]["body"] = body

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -108,7 +108,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-class AutoscaleType(click.ParamType):
+# click >= 8.2 types ParamType by its value; older releases (still allowed) are not generic.
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[tuple[int, int]]
+else:
+    _ParamType = click.ParamType
+
+
+class AutoscaleType(_ParamType):
     name = "MAX,MIN"
 
     def convert(self, value: Any, param: click.Parameter | None,
@@ -395,11 +402,13 @@ def migrate(obj: Context, app_spec: str | None, dsn: str | None, schema: str | N
         return
     app = obj.app(app_spec, dsn)
     target = schema or app.schema
-    out = upgrade(app.dsn, target, sql=sql)
     if sql:
-        click.echo(out, nl=False)
-    else:
-        click.echo(f"pgq schema {target!r} is up to date")
+        click.echo(upgrade(app.dsn, target, sql=True), nl=False)
+        return
+    # Without --dsn: every database the app's queues live in (queue_databases too).
+    for where in [app.dsn] if (dsn or obj.dsn) else app.databases():
+        upgrade(where, target)
+    click.echo(f"pgq schema {target!r} is up to date")
 
 
 def _payload(columns: Any) -> str:

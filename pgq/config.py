@@ -70,6 +70,22 @@ def parse_autoscale(value: Any) -> tuple[int, int]:
         raise ConfigurationError(f"--autoscale/worker_autoscale {value!r} is not valid: "
                                  "MAX must be at least 1 and MIN at least 0")
     return high, low
+
+
+def _queue_databases(value: Any) -> dict[str, str]:
+    """`{"queue": "dsn", ...}` (JSON in the environment): queues whose jobs live in another
+    PostgreSQL database (see pgq/routing.py)."""
+    from pgq.db.connection import check_dsn
+
+    value = _json_env(value) or {}
+    if not isinstance(value, Mapping) or not all(
+            isinstance(q, str) and q and isinstance(d, str) and d for q, d in value.items()):
+        raise ConfigurationError(
+            f"queue_databases must map queue names to DSNs, like "
+            f'{{"heavy": "postgresql://db2/jobs"}}; got {value!r}')
+    return {queue: check_dsn(dsn) for queue, dsn in value.items()}
+
+
 def _as_is(value: Any) -> Any:
     return value
 
@@ -150,6 +166,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # only over `listen_dsn` (a direct connection) — without one, workers and get() poll.
     "pgbouncer": (False, _bool),
     "listen_dsn": (None, str),
+    # Queues whose jobs live in another PostgreSQL database: {"heavy": "postgresql://..."}.
+    "queue_databases": ({}, _queue_databases),
 }
 
 # Celery settings that have no meaning here: accepted, warned about once, otherwise ignored.

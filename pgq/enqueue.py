@@ -7,13 +7,13 @@ import hashlib
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 
-from pgq import payload, serialization, signals
+from pgq import payload, routing, serialization, signals
 from pgq import request as request_context
 from pgq.db.connection import dbapi_connection, execute
 from pgq.errors import InvalidOption
@@ -238,57 +238,117 @@ def _unique_key(name: str, task: Task | None, encoded: payload.Encoded, args: li
     return None
 
 
-def insert(app: App, rows: Sequence[JobRow], connection: Any = None) -> list[str]:
+def insert(app: App, rows: Sequence[JobRow], connection: Any = None, *,
+           route: bool = True) -> list[str]:
     """Insert `rows` in one statement; return the id that stands for each row (for a unique
-    key that was already queued, the id of the job already there)."""
-    if not rows:
-        return []
-    if connection is not None:
-        return _insert_on(app, dbapi_connection(connection), rows)
-    with app.pool.connection() as conn:
-        return _insert_on(app, conn, rows)
+    key that was already queued, the id of the job already there). The rows go to their
+    queue's database (`queue_databases`); `route=False`: the worker carrying a workflow
+    forward on its own connection, where the workflow was checked to live."""
+    return insert_plan(app, rows, (), connection, route=route)
 
 
 COPY_THRESHOLD = 100
 
 
 def insert_plan(app: App, jobs: Sequence[JobRow], chords: Sequence[Any],
-                connection: Any = None) -> list[str]:
-    """Insert a workflow's job rows and chord rows atomically."""
-    if not chords:  # one statement is atomic on its own
-        return insert(app, jobs, connection)
+                connection: Any = None, *, route: bool = True) -> list[str]:
+    """Insert a workflow's job rows and chord rows atomically, in their queues' database
+    (`route` as for `insert`)."""
+    if not jobs and not chords:
+        return []
+    dsn = routing.database_of(app, jobs, chords) if route else None
     if connection is not None:
         conn = dbapi_connection(connection)
-        insert_chords(app, conn, chords)
-        return _insert_on(app, conn, jobs)
-    with app.pool.connection() as conn, conn.transaction():
-        insert_chords(app, conn, chords)
-        return _insert_on(app, conn, jobs)
+        if dsn is not None:
+            routing.check_connection(app, conn, dsn)
+        return run_steps(conn, plan_steps(app, jobs, chords, _can_copy(conn)))
+    with app.pool_for(dsn or app.dsn).connection() as conn:
+        steps = plan_steps(app, jobs, chords, can_copy=True)
+        if not chords:  # one statement is atomic on its own
+            return run_steps(conn, steps)
+        with conn.transaction():
+            return run_steps(conn, steps)
 
 
 def insert_chords(app: App, conn: Any, chords: Sequence[Any]) -> None:
     if chords:
-        execute(conn, app.queries.insert_chords, {
-            "ids": [c.id for c in chords],
-            "pendings": [len(c.header_ids) for c in chords],
-            "header_ids": ["{" + ",".join(c.header_ids) + "}" for c in chords],
-            "bodies": [c.body for c in chords],
-            "body_ids": [c.body_id for c in chords],
-            "options": [c.options for c in chords],
-        })
+        execute(conn, *_chords_statement(app, chords))
 
 
-def _insert_on(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
+# --- the statements of an insert, apart from how they run (sync here, async in pgq.aio) ----
+
+
+class Copy(NamedTuple):
+    """A step that COPYs `rows` (tuples) with `query` instead of executing a statement."""
+
+    query: str
+    rows: Iterable[tuple[Any, ...]]
+
+
+Step = tuple[str, Mapping[str, Any]] | Copy
+Steps = Generator[Step, list[tuple[Any, ...]], list[str]]
+
+
+def plan_steps(app: App, jobs: Sequence[JobRow], chords: Sequence[Any], can_copy: bool
+               ) -> Steps:
+    """The statements that insert `chords` and `jobs`; each step receives its rows back, and
+    the generator returns the id that stands for each job row. The publish signals are sent
+    here, so that the sync and async drivers both send them: before_task_publish before the
+    first statement, after_task_publish once the rows are written (inside the transaction
+    that writes them, before it commits)."""
     if signals.before_task_publish.receivers:
-        rows = [_before_publish(app, row) for row in rows]
-    ids = _write_rows(app, conn, rows)
+        jobs = [_before_publish(app, row) for row in jobs]
+    if chords:
+        yield _chords_statement(app, chords)
+    if not jobs:
+        return []
+    ids = yield from _job_steps(app, jobs, can_copy)
     if signals.after_task_publish.receivers:
-        for row, job_id in zip(rows, ids, strict=True):
-            if job_id == row.id:  # not a unique key's existing job
-                headers, body, _ = _message(app, row)
-                signals.after_task_publish.send(sender=row.task, body=body, exchange="",
-                                                routing_key=row.queue, headers=headers)
+        _after_publish(app, jobs, ids)
     return ids
+
+
+def _job_steps(app: App, jobs: Sequence[JobRow], can_copy: bool) -> Steps:
+    if len(jobs) == 1:
+        inserted = {str(r[0]) for r in (yield app.queries.enqueue_one, _one_params(jobs[0]))}
+    elif (can_copy and len(jobs) >= COPY_THRESHOLD
+          and not any(r.unique_key or r.chosen_id for r in jobs)):
+        yield _copy_step(app, jobs)
+        return [r.id for r in jobs]
+    else:
+        inserted = {str(r[0]) for r in (yield app.queries.enqueue, _arrays(jobs))}
+    ids = [r.id for r in jobs]
+    skipped_keys = [r.unique_key for r in jobs if r.id not in inserted and r.unique_key]
+    if skipped_keys:
+        existing = {key: str(job_id) for key, job_id in
+                    (yield app.queries.find_unique, {"keys": skipped_keys})}
+        ids = [existing.get(r.unique_key, r.id) if r.id not in inserted and r.unique_key
+               else r.id for r in jobs]
+    return ids
+
+
+def run_steps(conn: Any, steps: Steps) -> list[str]:
+    """Run `steps` on a DB-API connection."""
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, Copy):
+                with conn.cursor().copy(step.query) as copy:
+                    for values in step.rows:
+                        copy.write_row(values)
+                step = steps.send([])
+            else:
+                step = steps.send(execute(conn, *step))
+    except StopIteration as done:
+        return list(done.value)
+
+
+def _after_publish(app: App, jobs: Sequence[JobRow], ids: Sequence[str]) -> None:
+    for row, job_id in zip(jobs, ids, strict=True):
+        if job_id == row.id:  # not a unique key's existing job
+            headers, body, _ = _message(app, row)
+            signals.after_task_publish.send(sender=row.task, body=body, exchange="",
+                                            routing_key=row.queue, headers=headers)
 
 
 # Celery's message headers (protocol 2) that describe the job; any other header a
@@ -347,27 +407,23 @@ def _before_publish(app: App, row: JobRow) -> JobRow:
         signature=signer.sign(row))
 
 
-def _write_rows(app: App, conn: Any, rows: Sequence[JobRow]) -> list[str]:
-    if len(rows) == 1:
-        inserted = _insert_one(app, conn, rows[0])
-    elif (len(rows) >= COPY_THRESHOLD and isinstance(conn, psycopg.Connection)
-          and not any(r.unique_key or r.chosen_id for r in rows)):
-        _copy_rows(app, conn, rows)
-        return [r.id for r in rows]
-    else:
-        inserted = {str(row[0]) for row in execute(conn, app.queries.enqueue, _arrays(rows))}
-    ids = [r.id for r in rows]
-    skipped_keys = [r.unique_key for r in rows if r.id not in inserted and r.unique_key]
-    if skipped_keys:
-        existing = {key: str(job_id) for key, job_id in
-                    execute(conn, app.queries.find_unique, {"keys": skipped_keys})}
-        ids = [existing.get(r.unique_key, r.id) if r.id not in inserted and r.unique_key
-               else r.id for r in rows]
-    return ids
+def _can_copy(conn: Any) -> bool:
+    return isinstance(conn, psycopg.Connection)
 
 
-def _insert_one(app: App, conn: Any, row: JobRow) -> set[str]:
-    params = {
+def _chords_statement(app: App, chords: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    return app.queries.insert_chords, {
+        "ids": [c.id for c in chords],
+        "pendings": [len(c.header_ids) for c in chords],
+        "header_ids": ["{" + ",".join(c.header_ids) + "}" for c in chords],
+        "bodies": [c.body for c in chords],
+        "body_ids": [c.body_id for c in chords],
+        "options": [c.options for c in chords],
+    }
+
+
+def _one_params(row: JobRow) -> dict[str, Any]:
+    return {
         "id": row.id, "task": row.task, "queue": row.queue, "priority": row.priority,
         "args": row.args, "kwargs": row.kwargs, "options": row.options, "run_at": row.run_at,
         "expires_at": row.expires_at, "unique_key": row.unique_key, "root_id": row.root_id,
@@ -375,7 +431,6 @@ def _insert_one(app: App, conn: Any, row: JobRow) -> set[str]:
         "content_type": row.content_type, "compression": row.compression,
         "payload": row.payload, "payload_size": row.payload_size, "signature": row.signature,
     }
-    return {str(r[0]) for r in execute(conn, app.queries.enqueue_one, params)}
 
 
 def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
@@ -401,23 +456,15 @@ def _arrays(rows: Sequence[JobRow]) -> dict[str, list[Any]]:
     }
 
 
-def _copy_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow]) -> None:
+def _copy_step(app: App, rows: Sequence[JobRow]) -> Copy:
+    """COPY the rows; with the payload columns only when a row uses them."""
     now = datetime.now(UTC)
     if any(r.content_type or r.signature for r in rows):
-        _copy_payload_rows(app, conn, rows, now)
-        return
-    with conn.cursor().copy(app.queries.enqueue_copy) as copy:
-        for r in rows:
-            copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
-                            r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
-                            r.parent_id, r.group_id))
-
-
-def _copy_payload_rows(app: App, conn: psycopg.Connection[Any], rows: Sequence[JobRow],
-                       now: datetime) -> None:
-    with conn.cursor().copy(app.queries.enqueue_copy_payload) as copy:
-        for r in rows:
-            copy.write_row((r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options,
-                            r.run_at or now, r.run_at, r.expires_at, r.root_id or r.id,
-                            r.parent_id, r.group_id, r.content_type, r.compression,
-                            r.payload, r.payload_size, r.signature))
+        return Copy(app.queries.enqueue_copy_payload, (
+            (r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options, r.run_at or now,
+             r.run_at, r.expires_at, r.root_id or r.id, r.parent_id, r.group_id,
+             r.content_type, r.compression, r.payload, r.payload_size, r.signature)
+            for r in rows))
+    return Copy(app.queries.enqueue_copy, (
+        (r.id, r.task, r.queue, r.priority, r.args, r.kwargs, r.options, r.run_at or now,
+         r.run_at, r.expires_at, r.root_id or r.id, r.parent_id, r.group_id) for r in rows))

@@ -95,7 +95,7 @@ def _msgpack_dumps(obj: Any) -> bytes:
 
 
 def _msgpack_loads(data: bytes) -> Any:
-    import msgpack  # type: ignore[import-untyped]
+    import msgpack
 
     return msgpack.unpackb(data, raw=False, object_hook=_untag_map, strict_map_key=False)
 
@@ -105,7 +105,7 @@ def _yaml_dumps(obj: Any) -> bytes:
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     tagged = orjson.loads(serialization.dumps(obj, "payload"))  # same types as JSON
-    return yaml.dump(tagged, Dumper=dumper, allow_unicode=True,  # type: ignore[no-any-return]
+    return yaml.dump(tagged, Dumper=dumper, allow_unicode=True,
                      sort_keys=False).encode()
 
 

@@ -84,3 +84,21 @@ def push(request: Request) -> None:
 
 def pop() -> None:
     _stack().pop()
+
+
+def worker_call(task: Any, *args: Any, **kwargs: Any) -> Any:
+    """The worker calls `task(*args, **kwargs)` (a Task subclass with its own `__call__`): the
+    job's request is already pushed, so the base `Task.__call__` must not push another."""
+    _local.worker_call = task
+    try:
+        return task(*args, **kwargs)
+    finally:
+        _local.worker_call = None
+
+
+def take_worker_call(task: Any) -> bool:
+    """True once for the call `worker_call` is making on `task`."""
+    if getattr(_local, "worker_call", None) is task:
+        _local.worker_call = None
+        return True
+    return False

@@ -7,7 +7,9 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
+
+from typing_extensions import TypeVar
 
 from pgq import payload, serialization
 from pgq.db.connection import execute
@@ -16,6 +18,9 @@ from pgq.errors import TaskRevokedError, TimeoutError
 
 if TYPE_CHECKING:
     from pgq.app import App
+
+# The task's return type; a bare AsyncResult is AsyncResult[Any]. Covariant, as Signature's.
+R = TypeVar("R", covariant=True, default=Any)
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
@@ -45,14 +50,16 @@ class ResultWaiter:
                 for event in events:
                     event.set()
 
-    def register(self, job_ids: Sequence[str]) -> threading.Event:
-        event = threading.Event()
+    def register(self, job_ids: Sequence[str], event: Any = None) -> Any:
+        """Set `event` (a new threading.Event by default; anything with `set()`) when one of
+        `job_ids` finishes."""
+        event = event or threading.Event()
         with self._lock:
             for job_id in job_ids:
                 self._waiting[job_id].append(event)
         return event
 
-    def unregister(self, job_ids: Sequence[str], event: threading.Event) -> None:
+    def unregister(self, job_ids: Sequence[str], event: Any) -> None:
         with self._lock:
             for job_id in job_ids:
                 events = self._waiting.get(job_id)
@@ -103,20 +110,22 @@ class _Row:
         return None
 
 
-class AsyncResult:
+class AsyncResult(Generic[R]):
     """The handle on one job. Every read goes to the job's row in Postgres; once the job has
-    finished, the row is cached.
+    finished, the row is cached. `AsyncResult[R]`: `get()` returns the task's `R`.
 
     Args:
         id: The job id.
         app: The App whose database to read; `None`: the most recently created App.
+        database: The DSN of the database holding the job, when known; `None`: the app's
+            database, or with `queue_databases` each of the app's databases in turn.
     """
 
     id: str
     """The job id (`self.request.id` inside the job)."""
 
     def __init__(self, id: str, app: App | None = None, *, task_name: str | None = None,
-                 parent: AsyncResult | None = None) -> None:
+                 parent: AsyncResult | None = None, database: str | None = None) -> None:
         if app is None:
             from pgq.app import current_app
 
@@ -126,6 +135,7 @@ class AsyncResult:
         self.task_name = task_name
         self._parent = parent
         self._cache: _Row | None = None
+        self._database = database  # where the job lives, when known (queue_databases)
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -138,11 +148,19 @@ class AsyncResult:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    def _databases(self) -> list[str]:
+        return [self._database] if self._database else self.app.databases()
+
     def _row(self) -> _Row:
         if self._cache is not None:
             return self._cache
-        with self.app.pool.connection() as conn:
-            rows = execute(conn, self.app.queries.get_result, {"id": self.id})
+        rows: list[tuple[Any, ...]] = []
+        for dsn in self._databases():
+            with self.app.pool_for(dsn).connection() as conn:
+                rows = execute(conn, self.app.queries.get_result, {"id": self.id})
+            if rows:
+                self._database = dsn
+                break
         row = _Row(rows[0] if rows else None)
         if row.state in READY_STATES:
             self._cache = row
@@ -196,7 +214,7 @@ class AsyncResult:
         if self._parent is None:
             parent_id = self._row().parent_id
             if parent_id:
-                self._parent = AsyncResult(parent_id, app=self.app)
+                self._parent = AsyncResult(parent_id, app=self.app, database=self._database)
         return self._parent
 
     def ready(self) -> bool:
@@ -211,8 +229,15 @@ class AsyncResult:
         """True if the job finished with `FAILURE`."""
         return self._row().state == "FAILURE"
 
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True,
+            interval: float | None = None, **_: Any) -> R: ...
+    @overload
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float | None = None, **_: Any) -> Any:
+            interval: float | None = None, **_: Any) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, **_: Any) -> R | BaseException:
         """Wait for the job to finish and return its value. The wait is woken by
         `LISTEN/NOTIFY` when the job's outcome is committed, not by polling.
 
@@ -228,9 +253,10 @@ class AsyncResult:
             Exception: The task's own exception (same type where it can be rebuilt, else
                 `TaskError`), when `propagate`.
         """
-        row = self.app.wait_for([self.id], timeout, lambda: self._row())
+        row = self.app.wait_for([self.id], timeout, lambda: self._row(), self._databases())
         if row.state == "SUCCESS":
-            return row.value(self.app)
+            value: R = row.value(self.app)
+            return value
         exc = self._exception(row)
         if propagate:
             raise exc
@@ -245,16 +271,64 @@ class AsyncResult:
 
     wait = get
 
+    # --- the same, for async code (see docs/async.md) --------------------------------------
+
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True,
+                   **_: Any) -> R: ...
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> R | BaseException: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> R | BaseException:
+        """`get()` without blocking the event loop: woken by the process's LISTEN."""
+        from pgq import aio
+
+        value: R | BaseException = await aio.get(self, timeout, propagate)
+        return value
+
+    async def astate(self) -> str:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).public_state
+
+    async def aready(self) -> bool:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).state in READY_STATES
+
+    async def asuccessful(self) -> bool:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).state == "SUCCESS"
+
+    async def afailed(self) -> bool:
+        from pgq import aio
+
+        return (await aio.fetch_row(self)).state == "FAILURE"
+
+    async def arevoke(self, terminate: bool = False) -> None:
+        from pgq import aio
+
+        await aio.revoke(self, terminate)
+
+    async def aforget(self) -> None:
+        from pgq import aio
+
+        await aio.forget(self)
+
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
         """Revoke the job: if it has not started it never runs; with `terminate=True` a
         running job's child process is killed. Either way the state becomes `REVOKED`."""
-        self.app.revoke(self.id, terminate=terminate)
+        self.app.revoke(self.id, terminate=terminate, databases=self._databases())
         self._cache = None
 
     def forget(self) -> None:
         """Delete the finished job's row (its result); the id then reads `PENDING`."""
-        with self.app.pool.connection() as conn:
-            execute(conn, self.app.queries.forget, {"id": self.id})
+        for dsn in self._databases():
+            with self.app.pool_for(dsn).connection() as conn:
+                execute(conn, self.app.queries.forget, {"id": self.id})
         self._cache = None
 
 
@@ -280,11 +354,18 @@ class GroupResult:
     def __getitem__(self, index: int) -> AsyncResult:
         return self.results[index]
 
+    def _databases(self) -> list[str]:
+        known = {r._database for r in self.results if r._database}
+        return list(known) if known else self.app.databases()
+
     def _states(self) -> dict[str, str]:
-        with self.app.pool.connection() as conn:
-            rows = execute(conn, self.app.queries.get_states,
-                           {"ids": [r.id for r in self.results]})
-        return {str(job_id): state for job_id, state in rows}
+        states: dict[str, str] = {}
+        for dsn in self._databases():
+            with self.app.pool_for(dsn).connection() as conn:
+                rows = execute(conn, self.app.queries.get_states,
+                               {"ids": [r.id for r in self.results]})
+            states.update((str(job_id), state) for job_id, state in rows)
+        return states
 
     def ready(self) -> bool:
         """True once every member has finished."""
@@ -310,7 +391,7 @@ class GroupResult:
         covers the whole wait. With `propagate`, the first failed member's exception is
         raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.app.wait_for([r.id for r in self.results], timeout, self.ready)
+        self.app.wait_for([r.id for r in self.results], timeout, self.ready, self._databases())
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -318,6 +399,17 @@ class GroupResult:
         return values
 
     join = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> list[Any]:
+        from pgq import aio
+
+        return await aio.group_get(self, timeout, propagate)
+
+    async def aready(self) -> bool:
+        from pgq import aio
+
+        return await aio.group_ready(self)
 
     def revoke(self, terminate: bool = False, **_: Any) -> None:
         """Revoke every member (see `AsyncResult.revoke`)."""
@@ -330,14 +422,18 @@ class GroupResult:
             result.forget()
 
 
-def wait_loop(waiter: ResultWaiter | None, job_ids: Sequence[str], timeout: float | None,
-              check: Any, fallback: float) -> Any:
-    """Re-check on every wake-up (NOTIFY, reconnect, or a slow safety re-check). With no
-    waiter (PgBouncer, no listen_dsn) it polls, from 10 ms up to `fallback`."""
+def wait_loop(waiters: Sequence[ResultWaiter | None], job_ids: Sequence[str],
+              timeout: float | None, check: Any, fallback: float) -> Any:
+    """Re-check on every wake-up (NOTIFY from any of the jobs' databases, reconnect, or a
+    slow safety re-check). Where a database has no waiter (PgBouncer, no listen_dsn) it
+    polls, from 10 ms up to `fallback`."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    event = waiter.register(job_ids) if waiter is not None else threading.Event()
+    event = threading.Event()
+    listening = [waiter for waiter in waiters if waiter is not None]
+    for waiter in listening:
+        waiter.register(job_ids, event)
     try:
-        safety = 0.25 if waiter is not None else 0.01
+        safety = 0.25 if listening and len(listening) == len(waiters) else 0.01
         while True:
             event.clear()
             outcome = check()
@@ -353,7 +449,7 @@ def wait_loop(waiter: ResultWaiter | None, job_ids: Sequence[str], timeout: floa
             event.wait(wait)
             safety = min(safety * 2, fallback)
     finally:
-        if waiter is not None:
+        for waiter in listening:
             waiter.unregister(job_ids, event)
 
 
@@ -363,7 +459,7 @@ def _is_done(outcome: Any) -> bool:
     return bool(outcome)
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R]):
     """The result of a job run in-process because `task_always_eager` is set."""
 
     def __init__(self, id: str, state: str, value: Any, traceback: str | None = None,
@@ -385,11 +481,30 @@ class EagerResult(AsyncResult):
 
     info = result
 
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True,
+            interval: float | None = None, **_: Any) -> R: ...
+    @overload
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float | None = None, **_: Any) -> Any:
+            interval: float | None = None, **_: Any) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, **_: Any) -> R | BaseException:
         if self._cache is not None and self._cache.state == "FAILURE" and propagate:
             raise self._value
-        return self._value
+        value: R = self._value
+        return value
+
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True,
+                   **_: Any) -> R: ...
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> R | BaseException: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   **_: Any) -> R | BaseException:
+        return self.get(timeout, propagate)
 
     def revoke(self, terminate: bool = False, signal: Any = None, **_: Any) -> None:
         pass

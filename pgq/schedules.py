@@ -24,11 +24,12 @@ class crontab:
         ConfigurationError: The expression is not valid.
     """
 
-    minute: str = "*"
-    hour: str = "*"
-    day_of_week: str = "*"
-    day_of_month: str = "*"
-    month_of_year: str = "*"
+    # Celery's crontab takes numbers too (`crontab(hour=6, minute=30)`): stored as strings.
+    minute: str | int = "*"
+    hour: str | int = "*"
+    day_of_week: str | int = "*"
+    day_of_month: str | int = "*"
+    month_of_year: str | int = "*"
 
     def __post_init__(self) -> None:
         if " " in str(self.minute).strip():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast
+
+from typing_extensions import ParamSpec, TypeVar
 
 from pgq import request as request_context
 from pgq.errors import MaxRetriesExceededError, Retry
@@ -25,9 +27,20 @@ TASK_OPTIONS = (
 )
 
 
-class Task:
+# A task's parameters and return type. The defaults (PEP 696) make a bare `Task` mean
+# `Task[..., Any]`, so `self: Task` in a bind=True task and `base=` subclasses need no
+# parameters, even under `mypy --strict`.
+P = ParamSpec("P", default=...)
+R = TypeVar("R", default=Any)
+
+
+class Task(Generic[P, R]):
     """A registered task, made by `@app.task`. Its options are class attributes of the
-    same names. Subclass it and pass `base=` to share behaviour between tasks."""
+    same names. Subclass it and pass `base=` to share behaviour between tasks.
+
+    `Task[P, R]` is generic over the function's parameters `P` and return type `R`, so a
+    type checker checks `delay()`'s arguments and knows what `AsyncResult.get()` returns
+    (see "Type checking" in the tasks page)."""
 
     name: str = ""
     """The task's name: `name=`, else `module.qualname` of the function."""
@@ -56,20 +69,22 @@ class Task:
     throws: tuple[type[BaseException], ...] = ()
     shared: bool = True
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         raise NotImplementedError(f"task {self.name!r} has no body")
 
     # --- calling --------------------------------------------------------------------------
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the body here and now, like a plain function call."""
+        if request_context.take_worker_call(self):  # the worker's request is in place
+            return self.run(*args, **kwargs)
         request_context.push(Request(args=list(args), kwargs=dict(kwargs), task=self.name))
         try:
             return self.run(*args, **kwargs)
         finally:
             request_context.pop()
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Enqueue a job with these arguments: `apply_async(args, kwargs)` without options."""
         return self.apply_async(args, kwargs)
 
@@ -80,8 +95,9 @@ class Task:
         *,
         connection: Any = None,
         **options: Any,
-    ) -> AsyncResult:
-        """Enqueue a job; returns its `AsyncResult` at once.
+    ) -> AsyncResult[R]:
+        """Enqueue a job; returns its `AsyncResult` at once. The arguments are not
+        type-checked here (use `delay` for that).
 
         Args:
             args: Positional arguments (JSON-encodable, see the calling page).
@@ -102,15 +118,33 @@ class Task:
         return self.app.send_task(self.name, args, kwargs, connection=connection, _task=self,
                                   **options)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """`delay` for async code: `await add.adelay(2, 3)` (see docs/async.md)."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """`apply_async` for async code; `connection=` takes a psycopg AsyncConnection or a
+        SQLAlchemy AsyncConnection / AsyncSession (the row joins its transaction)."""
+        return await self.app.asend_task(self.name, args, kwargs, connection=connection,
+                                         _task=self, **options)
+
     def apply(self, args: Sequence[Any] | None = None,
-              kwargs: Mapping[str, Any] | None = None, **options: Any) -> Any:
+              kwargs: Mapping[str, Any] | None = None, **options: Any) -> R:
         """Run in-process (eagerly); returns the value, as Celery's EagerResult.get() would."""
-        return self(*(args or ()), **(kwargs or {}))
+        call = cast("Callable[..., R]", self)  # args/kwargs are not checked against P here
+        return call(*(args or ()), **(kwargs or {}))
 
     # --- signatures -----------------------------------------------------------------------
 
     def signature(self, args: Sequence[Any] | None = None,
-                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature[R]:
         """A signature of this task with partial arguments and calling options;
         `immutable=True` makes it ignore a parent's result (as `si()`)."""
         from pgq.canvas import Signature
@@ -120,22 +154,22 @@ class Task:
 
     subtask = signature
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature: `add.s(2)` in a chain receives the previous result as its first
-        argument."""
+        argument. Its arguments may be partial, so they are not type-checked (`si` is)."""
         return self.signature(args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """An immutable signature: it runs with exactly these arguments, ignoring a parent's
         result."""
         return self.signature(args, kwargs, immutable=True)
 
-    def map(self, iterable: Iterable[Any]) -> Signature:
+    def map(self, iterable: Iterable[Any]) -> Signature[list[R]]:
         """A signature of one job that calls this task on each item and returns the list of
         results."""
         return self.app.tasks["pgq.map"].s(self.name, list(iterable))
 
-    def starmap(self, iterable: Iterable[Sequence[Any]]) -> Signature:
+    def starmap(self, iterable: Iterable[Sequence[Any]]) -> Signature[list[R]]:
         """Like `map`, with each item unpacked as the positional arguments."""
         return self.app.tasks["pgq.starmap"].s(self.name, [list(x) for x in iterable])
 
@@ -193,7 +227,7 @@ class Task:
             return
         self.app.backend_update_state(job_id, state or "PROGRESS", meta)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         """The handle on the job `task_id`."""
         return self.app.AsyncResult(task_id)
 
@@ -212,11 +246,56 @@ class Task:
 
     def effective_max_retries(self) -> int | None:
         if "max_retries" in self.retry_kwargs:
-            return self.retry_kwargs["max_retries"]  # type: ignore[no-any-return]
+            limit: int | None = self.retry_kwargs["max_retries"]
+            return limit
         return self.max_retries
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
+
+
+if TYPE_CHECKING:
+    from typing import Concatenate, Protocol, overload
+
+    class AsyncTask(Task[P, R]):
+        """How a type checker sees an `async def` task: `R` is the awaited value (what
+        `delay(...).get()` returns) and a direct call returns the coroutine. Exists for type
+        checkers only; at run time the task is a plain `Task`."""
+
+        def run(  # type: ignore[override]  # a direct call returns the coroutine, not R
+            self, *args: P.args, **kwargs: P.kwargs
+        ) -> Coroutine[Any, Any, R]: ...
+
+        def __call__(  # type: ignore[override]  # as run
+            self, *args: P.args, **kwargs: P.kwargs
+        ) -> Coroutine[Any, Any, R]: ...
+
+    class TaskDecorator(Protocol):
+        """What `@app.task(...)` returns: makes a `Task[P, R]` of `fn(*P) -> R`."""
+
+        @overload
+        def __call__(
+            self, fn: Callable[P, Coroutine[Any, Any, R]], /
+        ) -> AsyncTask[P, R]: ...
+        @overload
+        def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    class BoundTaskDecorator(Protocol):
+        """What `@app.task(bind=True, ...)` returns: the function's first parameter is the
+        task itself (`self`), so the task's parameters are the rest."""
+
+        @overload
+        def __call__(
+            self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+        ) -> AsyncTask[P, R]: ...
+        @overload
+        def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+    class LooseTaskDecorator(Protocol):
+        """What `@app.task(bind=flag)` returns when `flag` is not a literal: the parameters
+        cannot be known, only the return type."""
+
+        def __call__(self, fn: Callable[..., R], /) -> Task[..., R]: ...
 
 
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -264,8 +343,8 @@ def make_task(app: App, fn: Callable[..., Any], base: type[Task], options: dict[
         attrs["autoretry_for"] = tuple(attrs["autoretry_for"])
     rate_interval(attrs.get("rate_limit"))  # a bad rate limit fails at registration
     _check_payload_options(attrs)
-    cls = type(fn.__name__, (base,), attrs)
-    return cls()  # type: ignore[no-any-return]
+    cls: type[Task] = type(fn.__name__, (base,), attrs)
+    return cls()
 
 
 def _check_payload_options(attrs: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ How the pieces relate (see docs/canvas.md):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -182,8 +182,43 @@ def _as_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, Mapping) else list(value)
 
 
+@dataclass
+class Batch:
+    """`enqueue_many`'s plan: every row to insert, and how inserted ids map back to the
+    signatures given (a workflow stands for the id of its result)."""
+
+    jobs: list[enqueue.JobRow]
+    chords: list[ChordRow]
+    names: list[str]
+    workflow_ids: list[str | None]  # None: a plain task signature, whose id comes from insert
+
+    def result_ids(self, inserted: Sequence[str]) -> list[str]:
+        plain = iter(inserted)
+        return [next(plain) if wid is None else wid for wid in self.workflow_ids]
+
+
+def plan_many(app: App, signatures: Iterable[Mapping[str, Any]]) -> Batch:
+    """Rows for many signatures: plain task signatures first (built in one pass), then the
+    rows of each workflow."""
+    sigs = list(signatures)
+    kinds = [is_workflow(s) for s in sigs]
+    jobs = enqueue.build_rows(app, [s for s, is_flow in zip(sigs, kinds, strict=True)
+                                    if not is_flow])
+    chords: list[ChordRow] = []
+    workflow_ids: list[str | None] = []
+    for sig, is_flow in zip(sigs, kinds, strict=True):
+        if not is_flow:
+            workflow_ids.append(None)
+            continue
+        sig_plan, started = plan(app, sig)
+        jobs.extend(sig_plan.jobs)
+        chords.extend(sig_plan.chords)
+        workflow_ids.append(started.result_id or started.group_id or "")
+    return Batch(jobs, chords, [str(s["task"]) for s in sigs], workflow_ids)
+
+
 def is_workflow(sig: Mapping[str, Any]) -> bool:
     return sig.get("subtask_type") in ("chain", "group", "chord")
 
 
-__all__ = ["ChordRow", "Plan", "Started", "chain", "chord", "group", "plan"]
+__all__ = ["Batch", "ChordRow", "Plan", "Started", "chain", "chord", "group", "plan"]

@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from apps.basic import app as basic_app  # noqa: E402
 
+import pgq.app as pgq_app_module  # noqa: E402
+
 basic_app.migrate()
 
 
@@ -61,6 +63,9 @@ def app() -> Iterator[Any]:
     """The test app, with an empty queue and no workers left from earlier tests."""
     with psycopg.connect(os.environ["PGQ_DSN"], autocommit=True) as conn:
         conn.execute("TRUNCATE pgq.jobs, pgq.workers, pgq.chords, pgq.rate_limits")
+    # Signatures and AsyncResults made without app= use the newest App: tests that create
+    # other apps (another role's DSN, an example's) must not leave theirs behind.
+    pgq_app_module._current = basic_app
     yield basic_app
 
 
@@ -82,12 +87,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = 
 
 
 class WorkerProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 app: str = "apps.basic") -> None:
         name = f"pgq-worker-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / name
         self.log = open(self.log_path, "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [PGQ, "worker", "-A", "apps.basic", "-l", "INFO", *args],
+            [PGQ, "worker", "-A", app, "-l", "INFO", *args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, **(env or {})}, start_new_session=True,
         )
@@ -133,11 +139,11 @@ def start_worker(dsn: str, app: Any) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True,
-              on_dsn: str | None = None) -> WorkerProcess:
-        """Start `pgq worker -A apps.basic ARGS`; `on_dsn` runs it against another server."""
+              on_dsn: str | None = None, app: str = "apps.basic") -> WorkerProcess:
+        """Start `pgq worker -A APP ARGS`; `on_dsn` runs it against another server."""
         if on_dsn:
             env = {**(env or {}), "PGQ_DSN": on_dsn}
-        worker = WorkerProcess(list(args), env)
+        worker = WorkerProcess(list(args), env, app)
         workers.append(worker)
         return worker.wait_ready(on_dsn or dsn) if ready else worker
 

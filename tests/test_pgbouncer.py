@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -113,3 +114,44 @@ def test_poll_only_worker_through_pgbouncer(app, bouncer, start_worker):
     assert "poll-only" in worker.output()
     results = [add.delay(i, 1) for i in range(50)]
     assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(50)]
+
+
+def test_hung_listen_backend_behind_pgbouncer_is_replaced(app, bouncer, start_worker, dsn, db):
+    """Claims, heartbeats and the self-probe NOTIFY go through PgBouncer; LISTEN goes over
+    the direct listen_dsn. When that LISTEN backend hangs (the socket stays open, nothing
+    arrives), the probe no longer comes back: the worker replaces the connection and is
+    woken by the new one (a 60 s poll could not pick the next job up in time)."""
+    from apps.basic import add
+
+    worker = start_worker("-c", "1", on_dsn=bouncer,
+                          env={"PGQ_PGBOUNCER": "1", "PGQ_LISTEN_DSN": dsn,
+                               "PGQ_WORKER_POLL_INTERVAL": "60"})
+    assert add.delay(1, 1).get(timeout=10) == 2
+    (pid,) = db.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%probe%'"
+                        ).fetchone()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "LISTEN connection lost" in worker.output(), timeout=15,
+                   what="the worker to notice its LISTEN connection hears nothing")
+        wait_until(lambda: "re-established" in worker.output(), timeout=15,
+                   what="a new LISTEN connection")
+        assert add.delay(2, 2).get(timeout=10) == 4
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_listen_dsn_through_transaction_pooling_is_called_out(app, bouncer, start_worker):
+    """A listen_dsn that goes through PgBouncer in transaction mode never delivers anything:
+    the worker says so once, clearly, backs off its reconnects, and keeps working by polling."""
+    from apps.basic import add
+
+    worker = start_worker("-c", "1", on_dsn=bouncer,
+                          env={"PGQ_PGBOUNCER": "1", "PGQ_LISTEN_DSN": bouncer,
+                               "PGQ_WORKER_POLL_INTERVAL": "0.3"})
+    wait_until(lambda: "has not heard its own probe" in worker.output(), timeout=30,
+               what="the worker to call out a LISTEN that hears nothing")
+    output = worker.output()
+    assert "listen_dsn must be a direct connection" in output
+    assert output.count("has not heard its own probe") == 1
+    assert add.delay(1, 2).get(timeout=10) == 3

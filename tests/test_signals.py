@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -231,6 +232,41 @@ def test_headers_added_before_publish_reach_the_task(app: Any, start_worker: Any
         signals.before_task_publish.disconnect(trace)
     start_worker("-c", "1")
     assert result.get(timeout=10)["headers"] == {"traceparent": "00-abc-def-01"}
+
+
+def test_async_enqueue_sends_publish_signals_per_job(app: Any, db: Any, published: Any
+                                                     ) -> None:
+    """The async producers run the same statement plan as the sync ones, signals included:
+    one task, a bulk enqueue (its COPY path too), a group."""
+    def trace(headers: Any = None, **kwargs: Any) -> None:
+        headers["traceparent"] = "00-abc-def-01"
+
+    async def main() -> tuple[Any, ...]:
+        one = await add.aapply_async((2, 3), queue="other", headers={"mine": 1})
+        many = await app.aenqueue_many([add.s(i, i) for i in range(3)])
+        bulk = await app.aenqueue_many([add.s(i, i) for i in range(120)])  # COPY
+        flow = await group(add.s(1, 1), add.s(2, 2)).aapply_async()
+        named = await app.asend_task(add.name, (1, 1))
+        await app.aclose()
+        return one, many, bulk, flow, named
+
+    signals.before_task_publish.connect(trace)
+    try:
+        one, many, bulk, flow, named = asyncio.run(main())
+    finally:
+        signals.before_task_publish.disconnect(trace)
+    expected = [one.id, *(r.id for r in many), *(r.id for r in bulk)]
+    for when in ("before", "after"):
+        ids = [m["headers"]["id"] for w, _, m in published if w == when]
+        assert ids[:len(expected)] == expected
+        assert sorted(ids[len(expected):-1]) == sorted(r.id for r in flow.results)
+        assert ids[-1] == named.id
+    first = [m for _, _, m in published[:2]]
+    assert all(m["headers"]["mine"] == 1 and m["routing_key"] == "other" for m in first)
+    # headers a before_task_publish receiver adds are written with the row
+    headers = db.execute("SELECT options->'headers' FROM pgq.jobs WHERE id = ANY(%s)",
+                         ([one.id, bulk[-1].id, named.id],)).fetchall()
+    assert [h["traceparent"] for (h,) in headers] == ["00-abc-def-01"] * 3
 
 
 # --- worker signals, with receivers connected in the app module ---------------------------------

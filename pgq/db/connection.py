@@ -95,11 +95,20 @@ class ProducerPool:
 
 def dbapi_connection(connection: Any) -> Any:
     """The DB-API connection under what the caller passed (psycopg, SQLAlchemy Connection or
-    Session, or any DB-API connection), with a transaction begun where SQLAlchemy needs one
-    so that the caller's own `commit()` commits our rows."""
+    Session, Django's connection, or any DB-API connection), with a transaction begun where
+    SQLAlchemy needs one so that the caller's own `commit()` commits our rows."""
     if isinstance(connection, psycopg.Connection):
         return connection
     module = type(connection).__module__
+    if isinstance(connection, psycopg.AsyncConnection) or module.startswith(
+            "sqlalchemy.ext.asyncio"):
+        raise ConfigurationError(
+            f"{type(connection).__name__} is an async connection: use the async calls "
+            "(await task.aapply_async(..., connection=...), adelay, asend_task, "
+            "aenqueue_many)"
+        )
+    if module.startswith("django."):
+        return django_connection(connection)
     if module.startswith("sqlalchemy"):
         if hasattr(connection, "get_bind"):  # orm.Session
             connection = connection.connection()
@@ -112,6 +121,19 @@ def dbapi_connection(connection: Any) -> Any:
         f"connection= must be a psycopg Connection, a SQLAlchemy Connection or Session, "
         f"not {type(connection).__name__}"
     )
+
+
+def django_connection(connection: Any) -> Any:
+    """The driver connection under Django's `connection` / `connections[alias]`. Writing on it
+    joins whatever Django is doing: inside `transaction.atomic()` its transaction (or
+    savepoint); outside one, Django's autocommit, like an ORM `save()`."""
+    if getattr(connection, "vendor", None) != "postgresql":
+        raise ConfigurationError(
+            f"connection= got a Django {getattr(connection, 'vendor', '?')} connection: pgq "
+            "needs the PostgreSQL database that holds its schema"
+        )
+    connection.ensure_connection()
+    return connection.connection
 
 
 def execute(

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgq.db.connection import connect, first_line
+from pgq.db.connection import connect, first_line, redact
 
 log = logging.getLogger("pgq.listener")
 
@@ -38,6 +38,8 @@ class Listener:
         self.probe_channel = probe_channel
         self.probe_timeout = probe_timeout
         self._last_probe = 0.0
+        self._heard = False  # this connection has heard its own probe
+        self._deaf = 0  # connections in a row that never heard it
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._ready = threading.Event()
@@ -72,6 +74,22 @@ class Listener:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         return conn
 
+    DEAF_LIMIT = 3
+
+    def _level(self) -> int:
+        return logging.DEBUG if self._deaf > self.DEAF_LIMIT else logging.WARNING
+
+    def _note_deaf(self) -> None:
+        """Connections that never hear their own probe: notifications do not reach this DSN
+        at all (PgBouncer in transaction mode). Say so once; reconnects then back off."""
+        self._deaf += 1
+        if self._deaf == self.DEAF_LIMIT:
+            log.error("LISTEN over %r has not heard its own probe on %d connections in a row: "
+                      "notifications do not reach it. Is it going through PgBouncer in "
+                      "transaction mode? listen_dsn must be a direct connection to PostgreSQL "
+                      "(or a session-mode pool); until then the worker only polls",
+                      redact(self.dsn), self._deaf)
+
     def _check_probe(self) -> None:
         if self.probe_timeout and time.monotonic() - self._last_probe > self.probe_timeout:
             raise SilentConnection(f"no self-probe for {self.probe_timeout:.0f}s")
@@ -84,16 +102,19 @@ class Listener:
                 self._conn = self._listen()
                 self._ready.set()
                 if not first:
-                    log.warning("LISTEN connection re-established")
+                    log.log(self._level(), "LISTEN connection re-established")
                     for reconnected in self._reconnect_callbacks:
                         reconnected()
                 first = False
-                delay = 0.1
+                if not self.probe_channel:
+                    delay = 0.1
                 self._last_probe = time.monotonic()
+                self._heard = False
                 while not self._stopped.is_set():
                     for note in self._conn.notifies(timeout=1.0):
                         if note.channel == self.probe_channel:
                             self._last_probe = time.monotonic()
+                            self._heard, self._deaf, delay = True, 0, 0.1
                         for callback in self._callbacks.get(note.channel, ()):
                             callback(note.payload)
                     self._check_probe()
@@ -101,8 +122,10 @@ class Listener:
                 self._ready.clear()
                 if self._stopped.is_set():
                     break
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs",
-                            first_line(exc), delay)
+                if isinstance(exc, SilentConnection) and not self._heard:
+                    self._note_deaf()
+                log.log(self._level(), "LISTEN connection lost (%s); reconnecting in %.1fs",
+                        first_line(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:

@@ -16,3 +16,14 @@ def ddl(statement: str) -> None:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+VERSION_TABLE = "alembic_version"
+# Serialises concurrent migrations of one database: `pgq migrate` holds it for its session,
+# a run from an application's alembic history for its transaction (the two conflict).
+MIGRATION_LOCK_KEY = "pgq.migrate"
+LOCK_STATEMENT = f"SELECT pg_advisory_xact_lock(hashtext('{MIGRATION_LOCK_KEY}'))"
+
+
+def create_schema_statement(schema: str) -> str:
+    return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"

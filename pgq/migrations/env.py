@@ -6,13 +6,10 @@ import psycopg
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from pgq.migrations import quote_ident
+from pgq.migrations import MIGRATION_LOCK_KEY, VERSION_TABLE, quote_ident
 
 config = context.config
 schema: str = config.attributes["schema"]
-VERSION_TABLE = "alembic_version"
-# Serialises concurrent `pgq migrate` runs against one database.
-MIGRATION_LOCK_KEY = "pgq.migrate"
 
 
 def run_offline() -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgq import enqueue, serialization
+from pgq import enqueue, routing, serialization
 from pgq.db.connection import execute, first_line
 from pgq.schedules import Schedule, crontab, first_due, following, latest_due, parse
 
@@ -100,14 +100,17 @@ class Scheduler:
                 row = enqueue.build_row(self.app, task, serialization.loads(args),
                                         serialization.loads(kwargs), job_options,
                                         self.app.tasks.get(task))
-                enqueue.insert(self.app, [row], conn)
+                # A queue in another database (queue_databases) is written there in its own
+                # transaction: the run id keeps it to one job however often that is retried.
+                home = routing.database_for(self.app, row.queue) in (None, self.app.default_dsn)
+                enqueue.insert(self.app, [row], conn if home else None)
                 execute(conn, q.schedule_advance, {"name": name, "due": due,
                                                    "next": following(schedule, due, tz)})
                 log.info("schedule %r: enqueued the run due %s", name, due.isoformat())
             (wait,) = execute(conn, q.schedule_next)[0]
         if wait is None:
             return MAX_SLEEP
-        return min(MAX_SLEEP, max(0.0, wait.total_seconds()))
+        return min(MAX_SLEEP, max(0.0, float(wait.total_seconds())))
 
     def run(self) -> None:
         """Loop until stop(): sync, then tick at each due time; ride out database outages."""
@@ -118,7 +121,9 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = self.app.connect()
+                    # Schedules live in the app's own database, also under `-B` in a worker
+                    # for queues of another one: every scheduler must share one table.
+                    conn = self.app.connect(self.app.default_dsn)
                 if time.monotonic() - last_sync >= RESYNC_EVERY:
                     self.sync(conn)
                     last_sync = time.monotonic()

@@ -58,14 +58,13 @@ def pgq_app(pgq_dsn: str, pgq_schema: str) -> Iterator[Callable[[App], App]]:
     def bind(app: App) -> App:
         bound.append((app, app._dsn, app.schema))
         app.close()
-        app._dsn, app.schema = pgq_dsn, pgq_schema
-        app._pool = None
+        app._dsn, app.schema = pgq_dsn, pgq_schema  # close() dropped the old pools
         return app
 
     yield bind
     for app, dsn, schema in bound:
         app.close()
-        app._dsn, app.schema, app._pool = dsn, schema, None
+        app._dsn, app.schema = dsn, schema
 
 
 @pytest.fixture

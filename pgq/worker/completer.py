@@ -149,7 +149,7 @@ class CarryForward:
         self._count_chords()
         enqueue.insert_chords(self.app, self.conn, self.plan.chords)
         if self.plan.jobs:
-            enqueue.insert(self.app, self.plan.jobs, self.conn)
+            enqueue.insert(self.app, self.plan.jobs, self.conn, route=False)
         for row in self.failed:
             execute(self.conn, self.app.queries.insert_failed, row)
         return [str(row["id"]) for row in self.failed]

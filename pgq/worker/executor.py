@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import signal
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pgq import payload, security, serialization, signals
+from pgq import loops, payload, security, serialization, signals
 from pgq import request as request_context
 from pgq.errors import (
     ContentDisallowed,
@@ -25,10 +26,10 @@ from pgq.errors import (
     WorkerLostError,
 )
 from pgq.request import Request
+from pgq.task import Task
 
 if TYPE_CHECKING:
     from pgq.app import App
-    from pgq.task import Task
 
 
 log = logging.getLogger("pgq.worker")
@@ -200,8 +201,7 @@ def _run(app: App, policy: payload.WorkerPolicy, task: Task, job: Job, request: 
          ) -> tuple[Outcome, Any]:
     """Run the task: its outcome, and its return value or the exception it raised."""
     try:
-        with soft_time_limit(soft_limit):
-            value = task.run(*request.args, **request.kwargs)
+        value = run_body(task, request.args, request.kwargs, soft_limit)
         runtime_ms = (time.perf_counter() - started) * 1000
         ignore = options.get("ignore_result",
                              task.ignore_result or app.conf.task_ignore_result)
@@ -251,6 +251,20 @@ def job_request(job: Job, hostname: str | None = None) -> Request:
                    queue=job.queue, priority=job.priority, eta=job.eta, hostname=hostname,
                    root_id=job.root_id or job.id, parent_id=job.parent_id,
                    group_id=job.group_id, attempts=job.attempts, called_directly=False)
+
+
+def run_body(task: Task, args: list[Any], kwargs: dict[str, Any],
+             soft_limit: float | None) -> Any:
+    """Call the task's body: through its own `__call__` when a Task subclass defines one (as
+    Celery does: Flask's app-context pattern relies on it), and an `async def` body on this
+    thread's event loop."""
+    call = task.run
+    if type(task).__call__ is not Task.__call__:
+        call = functools.partial(request_context.worker_call, task)
+    if inspect.iscoroutinefunction(task.run):
+        return loops.run(call(*args, **kwargs), soft_limit)
+    with soft_time_limit(soft_limit):
+        return call(*args, **kwargs)
 
 
 def takes_request_exc_traceback(app: App, sig: Any) -> bool:

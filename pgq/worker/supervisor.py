@@ -69,6 +69,7 @@ class Worker:
         conf = app.conf
         self.app = app
         self.queues = queues or [app.default_queue]
+        app.serve_queues(self.queues)  # queue_databases: connect where these queues live
         if pool == "solo":
             concurrency = 1
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
@@ -176,6 +177,9 @@ class Worker:
             self.conn = self.app.connect()
             self.db_backoff = 0.1
             self.notified = True
+            # A new connection (maybe to a promoted replica that never saw our last commits):
+            # return any job the database says we hold and we do not (release_unknown).
+            self.claim_uncertain = True
             return self.conn
         except Exception as exc:
             self._db_failed(exc)
