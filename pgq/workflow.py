@@ -90,14 +90,14 @@ def _plan_chain(app: App, sig: Signature, args: Sequence[Any] | None,
         if link_error:  # Celery: a chain's error callback belongs to every step
             step.set(link_error=link_error)
         if step.get("subtask_type") is None:
-            job_id = str(step.options.get("task_id") or uuid.uuid4())
+            job_id = str(step.options.get("task_id") or enqueue.new_id())
             step.set(task_id=job_id)
             if ids:
                 step.set(parent_id=ids[-1], root_id=extra.get("root_id") or ids[0])
             ids.append(job_id)
         elif step.get("subtask_type") == "chord":
             body = signature(step["kwargs"]["body"])
-            body_id = str(body.options.get("task_id") or uuid.uuid4())
+            body_id = str(body.options.get("task_id") or enqueue.new_id())
             step["kwargs"]["body"] = body.set(task_id=body_id)
             ids.append(body_id)
         if index == len(steps) - 1 and chord_id:
@@ -156,7 +156,7 @@ def _plan_chord(app: App, sig: Signature, args: Sequence[Any] | None,
                 kwargs: Mapping[str, Any] | None, extra: dict[str, Any]) -> tuple[Plan, Started]:
     header = [signature(s) for s in sig["kwargs"]["header"]]
     body = signature(sig["kwargs"]["body"])
-    body_id = str(body.options.get("task_id") or uuid.uuid4())
+    body_id = str(body.options.get("task_id") or enqueue.new_id())
     link_error = extra.pop("link_error", None) or sig.options.get("link_error")
     body_extra = {k: v for k, v in extra.items() if k in ("chain", "chord", "root_id")}
     body = body.clone(**body_extra).set(task_id=body_id)

@@ -86,18 +86,31 @@ SELECT unique_key, id FROM {schema}.jobs
 WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STARTED')
 
 -- name: claim
--- Per queue (so each scan walks the jobs_ready index in claim order, never sorting the
--- backlog), then the best `limit` of those. Rows locked but not taken are released at commit.
+-- Priority by priority (9 first), and per queue, each scan walks the jobs_ready index in claim
+-- order from the first due job: scheduled jobs (run_at in the future) of a higher priority are
+-- never stepped over, and the backlog is never sorted. PostgreSQL before 18 cannot skip from
+-- one priority to the next inside one index scan, so one scan over all priorities would read
+-- every future job of the priorities above the due ones, at every claim. The outer LIMIT stops
+-- at the first priorities that fill the batch; rows locked but not taken are released at
+-- commit.
 WITH candidates AS (
     SELECT c.id, c.priority, c.run_at, c.rate_reserved
-    FROM unnest(%(queues)s::text[]) AS q(name),
+    FROM generate_series(9, 0, -1) AS p(priority),
     LATERAL (
-        SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
-        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-        ORDER BY priority DESC, run_at, id
+        SELECT r.id, r.priority, r.run_at, r.rate_reserved
+        FROM unnest(%(queues)s::text[]) AS q(name),
+        LATERAL (
+            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
+            WHERE queue = q.name AND priority = p.priority::int2
+              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+            ORDER BY run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        ORDER BY r.run_at, r.id
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
     ) AS c
+    LIMIT %(limit)s
 ), picked AS (
     SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
@@ -110,7 +123,9 @@ WITH candidates AS (
         finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
         rate_reserved = false
     FROM picked
-    WHERE j.id = picked.id
+    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
+    -- it may read the whole table to hash it.
+    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
               j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
               j.retries, j.attempts, j.root_id::text AS root_id,
@@ -146,9 +161,128 @@ FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)
             %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
             %(countdowns)s::float8[], %(runtimes)s::float8[])
      AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown, runtime_ms)
-WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = 'STARTED'
-  AND j.worker_id = %(worker)s
+-- By primary key: `IS NOT DISTINCT FROM` (equal here: the parameter is never NULL) keeps the
+-- planner off jobs_running, whose entries for this worker include every job it finished since
+-- the last vacuum.
+WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
+  AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
 RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+
+-- name: complete_and_claim
+-- The worker's hot path in one statement (one round trip, one commit): write a batch of
+-- outcomes (guarded as in `complete`), NOTIFY get() waiters of the finished ids (in chunks
+-- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
+-- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
+-- updates never touch the same row). A summary row — `written` (the ids), `woken`, `notified`,
+-- `next_due` — then one row per claimed job. Used for batches whose jobs
+-- start nothing after them (no link, chain or chord); `complete` and `claim` otherwise.
+WITH done AS (
+    UPDATE {schema}.jobs AS j
+    SET state = o.state,
+        result = o.result,
+        exc_type = o.exc_type,
+        exc_message = o.exc_message,
+        traceback = o.traceback,
+        retries = CASE WHEN o.state = 'RETRY' THEN j.retries + 1 ELSE j.retries END,
+        run_at = CASE WHEN o.state = 'RETRY' THEN now() + make_interval(secs => o.countdown)
+                      ELSE j.run_at END,
+        eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
+                   THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
+        worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
+        last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
+        finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
+        runtime_ms = o.runtime_ms
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
+                %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
+                %(countdowns)s::float8[], %(runtimes)s::float8[])
+         AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown,
+              runtime_ms)
+    WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
+      AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
+    RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+), done_notified AS (
+    SELECT pg_notify(%(done_channel)s, string_agg(d.id::text, ','))
+    FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM done
+          WHERE state <> 'RETRY') AS d
+    GROUP BY d.chunk
+), retries_notified AS (
+    SELECT pg_notify(%(jobs_channel)s, r.queue)
+    FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
+), candidates AS (
+    SELECT c.id, c.priority, c.run_at, c.rate_reserved
+    FROM generate_series(9, 0, -1) AS p(priority),
+    LATERAL (
+        SELECT r.id, r.priority, r.run_at, r.rate_reserved
+        FROM unnest(%(queues)s::text[]) AS q(name),
+        LATERAL (
+            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
+            WHERE queue = q.name AND priority = p.priority::int2
+              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+            ORDER BY run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        ORDER BY r.run_at, r.id
+        LIMIT %(limit)s
+    ) AS c
+    LIMIT %(limit)s
+), picked AS (
+    SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+        worker_id = %(worker)s,
+        attempts = j.attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+        rate_reserved = false
+    FROM picked
+    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
+    -- it may read the whole table to hash it.
+    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
+              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id::text AS root_id,
+              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
+              j.content_type, j.compression, j.payload, j.signature,
+              picked.rate_reserved, j.run_at
+), summary AS (
+    SELECT (SELECT coalesce(array_agg(id::text), '{}') FROM done) AS written,
+           (SELECT count(*) FROM retries_notified) AS woken,
+           (SELECT count(*) FROM done_notified) AS notified,
+           -- as `next_due`, when the claim came back short (then the worker sleeps until then)
+           CASE WHEN %(limit)s > 0 AND (SELECT count(*) FROM claimed) < %(limit)s THEN (
+               SELECT min(f.run_at) - now()
+               FROM unnest(%(queues)s::text[]) AS q(name), generate_series(0, 9) AS p(priority),
+               LATERAL (
+                   SELECT run_at FROM {schema}.jobs
+                   WHERE queue = q.name AND priority = p.priority
+                     AND state IN ('PENDING', 'RETRY') AND run_at > now()
+                   ORDER BY run_at LIMIT 1
+               ) AS f) END AS next_due
+)
+-- The summary row first (every CTE that NOTIFYs must be read by the final SELECT, or the
+-- planner drops it), then the claimed jobs in claim order.
+SELECT written, woken, notified, next_due, id, task, state, args, kwargs, options, queue,
+       priority, eta, retries, attempts, root_id, parent_id, group_id, content_type,
+       compression, payload, signature, rate_reserved
+FROM (
+    SELECT 0 AS part, s.written, s.woken, s.notified, s.next_due, NULL AS id, NULL AS task,
+           NULL AS state, NULL AS args, NULL AS kwargs, NULL AS options, NULL AS queue,
+           NULL::int2 AS priority, NULL::timestamptz AS eta, NULL::int AS retries,
+           NULL::int AS attempts, NULL AS root_id, NULL AS parent_id, NULL AS group_id,
+           NULL AS content_type, NULL AS compression, NULL::bytea AS payload,
+           NULL AS signature, NULL::bool AS rate_reserved, NULL::timestamptz AS run_at
+    FROM summary AS s
+    UNION ALL
+    SELECT 1, NULL, NULL, NULL, NULL, c.id, c.task, c.state, c.args, c.kwargs, c.options,
+           c.queue, c.priority, c.eta, c.retries, c.attempts, c.root_id, c.parent_id,
+           c.group_id, c.content_type, c.compression, c.payload, c.signature,
+           c.rate_reserved, c.run_at
+    FROM claimed AS c
+) AS out
+ORDER BY part, priority DESC, run_at, id
 
 -- name: rate_slots
 -- GCRA: `tat` is when the task's next slot is free. Reserve `n` consecutive slots, one every
