@@ -9,12 +9,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
 
 from pgq.app import App
+from pgq.config import parse_autoscale
 from pgq.db.connection import check_dsn, execute, first_line
 from pgq.errors import ConfigurationError, PgqError
 
@@ -107,6 +108,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+# click >= 8.2 types ParamType by its value; older releases (still allowed) are not generic.
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[tuple[int, int]]
+else:
+    _ParamType = click.ParamType
+
+
+class AutoscaleType(_ParamType):
+    name = "MAX,MIN"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:
+        try:
+            return parse_autoscale(value)
+        except ConfigurationError as exc:
+            self.fail(str(exc).partition(": ")[2], param, ctx)
+
+
 def _setup_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -122,6 +141,9 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 @dsn_option
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the app's).")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Child processes.")
+@click.option("--autoscale", type=AutoscaleType(),
+              help="Grow the prefork pool up to MAX children while jobs wait, shrink it to MIN "
+              "when they sit idle (default: worker_autoscale).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
               help="Where jobs run (default: worker_pool, prefork).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1),
@@ -143,6 +165,11 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics on this port (needs pgq-tasks[metrics]).")
+@click.option("--reload", is_flag=True,
+              help="Development: start a fresh worker when a .py file of the app changes "
+              "(running jobs finish on the old code). Needs pgq-tasks[reload].")
+@click.option("--reload-dir", "reload_dirs", multiple=True, metavar="DIR",
+              help="With --reload: also watch this directory (repeatable).")
 @click.option("-E", "--task-events/--without-task-events", default=None,
               help="Publish task events for `pgq events` (default: worker_send_task_events, "
               "on).")
@@ -152,11 +179,12 @@ def _setup_logging(level: str, log_format: str = "text") -> None:
 @click.pass_obj
 @_errors
 def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | None,
-           concurrency: int | None, pool: str | None, max_tasks_per_child: int | None,
-           max_memory_per_child: int | None, prefetch_multiplier: int | None,
-           time_limit: float | None, soft_time_limit: float | None, beat: bool,
-           hostname: str | None, loglevel: str, log_format: str,
-           metrics_port: int | None, task_events: bool | None,
+           concurrency: int | None, autoscale: tuple[int, int] | None, pool: str | None,
+           max_tasks_per_child: int | None, max_memory_per_child: int | None,
+           prefetch_multiplier: int | None, time_limit: float | None,
+           soft_time_limit: float | None, beat: bool, hostname: str | None, loglevel: str,
+           log_format: str, metrics_port: int | None, reload: bool,
+           reload_dirs: tuple[str, ...], task_events: bool | None,
            without_heartbeat: bool) -> None:
     """Run a worker: claim jobs of its queues and run them in a pool.
 
@@ -165,8 +193,12 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
     \b
         pgq worker -A shop.tasks -c 4
         pgq worker -A shop.tasks:app -Q payments,emails --pool threads -c 16
+        pgq worker -A shop.tasks --autoscale 10,3
+        pgq worker -A shop.tasks --reload          # development
     """
     _setup_logging(loglevel, log_format)
+    if reload or reload_dirs:
+        _reload(obj, app_spec, reload, reload_dirs, metrics_port)
     from pgq.worker.supervisor import Worker
 
     app = obj.app(app_spec, dsn)
@@ -174,7 +206,7 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
     _check_security(app)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(app, queues=queue_list, concurrency=concurrency, beat=beat,
-                  metrics_port=metrics_port,
+                  metrics_port=metrics_port, autoscale=autoscale,
                   pool=pool or app.conf.worker_pool,
                   hostname=hostname, max_tasks_per_child=max_tasks_per_child,
                   max_memory_per_child=max_memory_per_child,
@@ -182,6 +214,22 @@ def worker(obj: Context, app_spec: str | None, dsn: str | None, queues: str | No
                   soft_time_limit=soft_time_limit, task_events=task_events,
                   heartbeat_events=not without_heartbeat).run()
     sys.exit(code)
+
+
+def _reload(obj: Context, app_spec: str | None, reload: bool, reload_dirs: tuple[str, ...],
+            metrics_port: int | None) -> None:
+    """Become the reloader (exits), unless this process is the worker a reloader started."""
+    from pgq.worker import reload as reloader
+
+    if reloader.started_by_reloader():
+        return
+    if not reload:
+        raise click.UsageError("--reload-dir needs --reload")
+    if metrics_port:
+        raise click.UsageError("--reload cannot serve --metrics-port: the old and the new "
+                               "worker overlap while the old one finishes its jobs")
+    dirs = reloader.source_dirs(app_spec or obj.app_spec, reload_dirs)
+    sys.exit(reloader.Reloader(sys.argv[1:], dirs).run())
 
 
 def _check_security(app: Any) -> None:

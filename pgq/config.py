@@ -52,6 +52,26 @@ def _json_env(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str) else value
 
 
+def parse_autoscale(value: Any) -> tuple[int, int]:
+    """`"10,3"` (or `[10, 3]`) → (10, 3); `"10"` → (10, 0). As in Celery, the larger number is
+    the maximum, whichever comes first."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = [int(part) for part in parts]
+    except (TypeError, ValueError):
+        numbers = []
+    if not 1 <= len(numbers) <= 2:
+        raise ConfigurationError(f"--autoscale/worker_autoscale {value!r} is not valid: "
+                                 "expected MAX,MIN (two integers, e.g. 10,3) or MAX alone")
+    if len(numbers) == 1:
+        numbers.append(0)
+    high, low = max(numbers), min(numbers)
+    if low < 0 or high < 1:
+        raise ConfigurationError(f"--autoscale/worker_autoscale {value!r} is not valid: "
+                                 "MAX must be at least 1 and MIN at least 0")
+    return high, low
+
+
 def _queue_databases(value: Any) -> dict[str, str]:
     """`{"queue": "dsn", ...}` (JSON in the environment): queues whose jobs live in another
     PostgreSQL database (see pgq/routing.py)."""
@@ -128,6 +148,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "worker_max_memory_per_child": (None, _int_or_none),
     "worker_prefetch_multiplier": (None, _int_or_none),  # None: sized from run times
     "worker_pool": ("prefork", str),
+    "worker_autoscale": (None, parse_autoscale),  # pgq's: the default of --autoscale MAX,MIN
     "worker_send_task_events": (True, _bool),  # task-* events (worker-* events always)
     "beat_schedule": ({}, _json_env),
     "timezone": ("UTC", str),
@@ -138,6 +159,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "worker_lost_timeout": (30.0, float),
     "worker_heartbeat_interval": (5.0, float),
     "worker_poll_interval": (2.0, float),
+    "worker_autoscale_keepalive": (30.0, float),  # Celery's AUTOSCALE_KEEPALIVE
     "result_poll_interval": (2.0, float),
     "pool_max_size": (10, int),
     # Through PgBouncer in transaction mode: no server-side prepared statements, and LISTEN

@@ -127,8 +127,9 @@ def test_hung_listen_backend_behind_pgbouncer_is_replaced(app, bouncer, start_wo
                           env={"PGQ_PGBOUNCER": "1", "PGQ_LISTEN_DSN": dsn,
                                "PGQ_WORKER_POLL_INTERVAL": "60"})
     assert add.delay(1, 1).get(timeout=10) == 2
-    (pid,) = db.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%probe%'"
-                        ).fetchone()
+    # This database only: other xdist processes' workers LISTEN on the same server.
+    (pid,) = db.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%probe%' "
+                        "AND datname = current_database()").fetchone()
     os.kill(pid, signal.SIGSTOP)
     try:
         wait_until(lambda: "LISTEN connection lost" in worker.output(), timeout=15,

@@ -400,6 +400,10 @@ VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(pool)s,
 ON CONFLICT (id) DO UPDATE
 SET stopped_at = NULL, last_heartbeat = now()
 
+-- name: worker_concurrency
+-- --autoscale resized the pool.
+UPDATE {schema}.workers SET concurrency = %(concurrency)s WHERE id = %(id)s
+
 -- name: heartbeat
 UPDATE {schema}.workers SET last_heartbeat = now()
 WHERE id = %(id)s AND stopped_at IS NULL

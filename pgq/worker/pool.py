@@ -57,9 +57,10 @@ class PoolConfig:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process `sig` when its parent dies (Linux)."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
 # Supervisor <-> child messages: a 4-byte length, then a pickle. The supervisor sends a child
@@ -98,7 +99,7 @@ def _child_main(config: PoolConfig, jobs_fd: int, outcomes_fd: int, parent_fds: 
     # not kill a job half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     for fd in parent_fds:
         os.close(fd)
     signals.worker_process_init.send(sender=None)
@@ -157,11 +158,24 @@ class _Child:
         self.deadline: float | None = None  # of jobs[0]
         self.retiring = False
         self.closed = False
+        self.idle_since = time.monotonic()
 
     @property
     def job(self) -> Job | None:
         """The job running now."""
         return self.jobs[0] if self.jobs else None
+
+    def idle(self) -> bool:
+        return not self.jobs and not self.retiring
+
+    def stop(self) -> None:
+        """Ask an idle child to exit (end of file on its job pipe: it is between jobs), and
+        reap it."""
+        self.close()
+        self.process.join(2)
+        if self.process.is_alive():
+            self.kill()
+            self.process.join(1)
 
     def send(self, jobs: list[Job]) -> None:
         # Only ever called on an idle child, which is blocked reading: this write cannot wait
@@ -221,13 +235,35 @@ class PreforkPool:
         self.children = [_Child(self.config) for _ in range(self.config.size)]
 
     def free(self) -> int:
-        return sum(1 for c in self.children if not c.jobs and not c.retiring)
+        return sum(1 for c in self.children if c.idle())
 
     def busy(self) -> int:
         return sum(1 for c in self.children if c.jobs)
 
     def outstanding(self) -> int:
         return sum(len(c.jobs) for c in self.children)
+
+    # Resizing, for --autoscale (the supervisor's loop is the only caller: no locking).
+
+    def size(self) -> int:
+        return len(self.children)
+
+    def grow(self, n: int) -> None:
+        self.children.extend(_Child(self.config) for _ in range(n))
+
+    def idle_since(self) -> list[float]:
+        return [c.idle_since for c in self.children if c.idle()]
+
+    def retire_idle(self, n: int, idle_for: float) -> int:
+        """Stop up to `n` children that have had no job for `idle_for` seconds, longest idle
+        first. Only idle children: a running job is never cut short by shrinking."""
+        now = time.monotonic()
+        idle = sorted((c for c in self.children if c.idle() and now - c.idle_since >= idle_for),
+                      key=lambda c: c.idle_since)[:n]
+        for child in idle:
+            self.children.remove(child)
+            child.stop()
+        return len(idle)
 
     def running(self) -> list[Job]:
         return [c.jobs[0] for c in self.children if c.jobs]
@@ -237,7 +273,7 @@ class PreforkPool:
 
     def submit(self, jobs: list[Job]) -> None:
         """Give an idle child `jobs` to run one after the other."""
-        child = next(c for c in self.children if not c.jobs and not c.retiring)
+        child = next(c for c in self.children if c.idle())
         child.jobs.extend(jobs)
         self._started(child)
         child.send(jobs)
@@ -275,6 +311,8 @@ class PreforkPool:
                           child.process.pid, outcome.id)
                 continue
             child.jobs.popleft()
+            if not child.jobs:
+                child.idle_since = time.monotonic()
             outcomes.append(outcome)
             if retiring:  # it exits now, without starting the rest
                 child.retiring = True

@@ -25,13 +25,14 @@ from pgq import signals
 from pgq.db.connection import execute, first_line
 from pgq.db.listener import Listener
 from pgq.task import rate_interval
+from pgq.worker.autoscale import Autoscaler, initial_size
 from pgq.worker.completer import complete_params, write_outcomes
 from pgq.worker.events import EventPublisher
 from pgq.worker.executor import Job, Outcome, job_request
 from pgq.worker.heartbeat import Heartbeat
 from pgq.worker.metrics import Metrics, PrometheusMetrics
 from pgq.worker.metrics import serve as serve_metrics
-from pgq.worker.pool import POOLS, PoolConfig
+from pgq.worker.pool import POOLS, PoolConfig, PreforkPool
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -108,6 +109,7 @@ class Worker:
         soft_time_limit: float | None = None,
         beat: bool = False,
         metrics_port: int | None = None,
+        autoscale: tuple[int, int] | None = None,
         task_events: bool | None = None,
         heartbeat_events: bool = True,
     ) -> None:
@@ -118,6 +120,10 @@ class Worker:
         if pool == "solo":
             concurrency = 1
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        autoscale = autoscale or conf.worker_autoscale
+        if autoscale:
+            self.concurrency = initial_size(autoscale, pool,
+                                            concurrency or conf.worker_concurrency)
         # None: size the prefetch from measured run times (see _buffer).
         self.fixed_prefetch = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.hostname = expand_hostname(hostname)
@@ -135,6 +141,11 @@ class Worker:
             time_limit=time_limit or conf.task_time_limit,
             soft_time_limit=soft_time_limit or conf.task_soft_time_limit,
         ))
+        self.autoscaler: Autoscaler | None = None
+        if autoscale and isinstance(self.pool, PreforkPool):
+            self.autoscaler = Autoscaler(self.pool, autoscale[0], autoscale[1],
+                                         float(conf.worker_autoscale_keepalive))
+        self.shown_concurrency = self.concurrency  # as in the workers table
         self.poll_interval = float(conf.worker_poll_interval)
         self.inflight: dict[str, Job] = {}
         self.held: deque[Job] = deque()
@@ -518,7 +529,12 @@ class Worker:
         return listener
 
     def _on_beat(self, conn: psycopg.Connection[Any]) -> None:
-        """Every heartbeat: refresh the gauges (cheap; only when metrics are served)."""
+        """Every heartbeat: show an autoscaled pool's size; refresh the gauges (cheap; only
+        when metrics are served)."""
+        if self.concurrency != self.shown_concurrency:  # autoscaled
+            self.shown_concurrency = self.concurrency
+            execute(conn, self.app.queries.worker_concurrency, {
+                "id": self.id, "concurrency": self.shown_concurrency})
         if isinstance(self.metrics, PrometheusMetrics):
             self.metrics.children(self.pool.busy(), self.concurrency)
             rows = execute(conn, self.app.queries.queue_depth, {"queues": self.queues})
@@ -608,6 +624,8 @@ class Worker:
                 want = self._want()
                 if want or self._should_flush():
                     self._flush_and_claim(want)
+            if self.autoscaler is not None and not self.stopping:
+                self.concurrency = self.autoscaler.scale(len(self.held) - self.pool.free())
             self._submit_held()
 
     def _submit_held(self) -> None:
@@ -669,12 +687,18 @@ class Worker:
     def _capacity(self) -> int:
         if self.stopping:
             return 0
-        return self.concurrency + self._buffer() - self.pool.outstanding() - len(self.held)
+        headroom = self.autoscaler.headroom() if self.autoscaler is not None else 0
+        return (self.concurrency + self._buffer() + headroom - self.pool.outstanding()
+                - len(self.held))
+
+    def _may_claim(self) -> bool:
+        """Room to claim: free capacity, and no more than half the buffer still held."""
+        return self._capacity() > 0 and len(self.held) <= self._buffer() // 2
 
     def _want(self) -> int:
-        capacity = self._capacity()
-        if capacity <= 0 or len(self.held) > self._buffer() // 2:
+        if not self._may_claim():
             return 0
+        capacity = self._capacity()
         now = time.monotonic()
         poll_due = now - self.last_claim >= self.poll_interval
         while self.due_times and self.due_times[0] <= now:
@@ -710,9 +734,11 @@ class Worker:
             return 0.0
         now = time.monotonic()
         timeout = self.poll_interval  # with no room, only a finishing child matters
+        # (Without room, a pending NOTIFY or a full last claim must not make the wait 0:
+        # the loop would spin until the held jobs drain.)
         if self.writing is not None:
             pass  # the statement's result wakes the loop; nothing else to claim or flush now
-        elif self._capacity() > 0:
+        elif self._may_claim():
             timeout = max(0.0, self.poll_interval - (now - self.last_claim))
             next_due = min(self.due_times[0] if self.due_times else float("inf"), self.eta_due)
             timeout = max(0.0, min(timeout, next_due - now))
@@ -725,6 +751,10 @@ class Worker:
         deadline = self.pool.next_deadline()
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now))
+        if self.autoscaler is not None and not self.stopping:
+            shrink = self.autoscaler.seconds_to_next_shrink()
+            if shrink is not None:
+                timeout = min(timeout, shrink)
         if self.conn is None:
             timeout = min(timeout, max(0.01, self.db_retry_at - now))
         return timeout
