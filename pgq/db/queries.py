@@ -9,6 +9,7 @@ from pathlib import Path
 from psycopg import sql
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_FRAGMENT = re.compile(r"\{(_\w+)\}")
 
 
 @functools.cache
@@ -16,7 +17,10 @@ def _raw_queries() -> dict[str, str]:
     text = (Path(__file__).parent / "queries.sql").read_text()
     parts = _NAME.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    raw = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    # `{_name}` splices the fragment `_name` in, so a statement shared by two queries (the
+    # claim's CTEs, the outcome UPDATE) is written once.
+    return {name: _FRAGMENT.sub(lambda m: raw[m.group(1)], body) for name, body in raw.items()}
 
 
 class Queries:

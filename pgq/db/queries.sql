@@ -93,46 +93,7 @@ WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('PENDING', 'RETRY', 'STAR
 -- every future job of the priorities above the due ones, at every claim. The outer LIMIT stops
 -- at the first priorities that fill the batch; rows locked but not taken are released at
 -- commit.
-WITH candidates AS (
-    SELECT c.id, c.priority, c.run_at, c.rate_reserved
-    FROM generate_series(9, 0, -1) AS p(priority),
-    LATERAL (
-        SELECT r.id, r.priority, r.run_at, r.rate_reserved
-        FROM unnest(%(queues)s::text[]) AS q(name),
-        LATERAL (
-            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
-            WHERE queue = q.name AND priority = p.priority::int2
-              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-            ORDER BY run_at, id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) AS r
-        ORDER BY r.run_at, r.id
-        LIMIT %(limit)s
-    ) AS c
-    LIMIT %(limit)s
-), picked AS (
-    SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-), claimed AS (
-    UPDATE {schema}.jobs AS j
-    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
-        worker_id = %(worker)s,
-        attempts = j.attempts + 1,
-        started_at = now(),
-        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
-        rate_reserved = false
-    FROM picked
-    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
-    -- it may read the whole table to hash it.
-    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
-              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
-              j.retries, j.attempts, j.root_id::text AS root_id,
-              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
-              j.content_type, j.compression, j.payload, j.signature,
-              picked.rate_reserved, j.run_at
-)
+WITH {_claim_ctes}
 -- UPDATE ... RETURNING has no order of its own: hand jobs out in claim order.
 SELECT id, task, state, args, kwargs, options, queue, priority, eta, retries, attempts,
        root_id, parent_id, group_id, content_type, compression, payload, signature,
@@ -142,31 +103,7 @@ FROM claimed ORDER BY priority DESC, run_at, id
 -- name: complete
 -- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
 -- still this attempt) makes a late ack from a worker whose jobs were rescued a no-op.
-UPDATE {schema}.jobs AS j
-SET state = o.state,
-    result = o.result,
-    exc_type = o.exc_type,
-    exc_message = o.exc_message,
-    traceback = o.traceback,
-    retries = CASE WHEN o.state = 'RETRY' THEN j.retries + 1 ELSE j.retries END,
-    run_at = CASE WHEN o.state = 'RETRY' THEN now() + make_interval(secs => o.countdown)
-                  ELSE j.run_at END,
-    eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
-               THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
-    worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
-    last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
-    finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
-    runtime_ms = o.runtime_ms
-FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
-            %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
-            %(countdowns)s::float8[], %(runtimes)s::float8[])
-     AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown, runtime_ms)
--- By primary key: `IS NOT DISTINCT FROM` (equal here: the parameter is never NULL) keeps the
--- planner off jobs_running, whose entries for this worker include every job it finished since
--- the last vacuum.
-WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
-  AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
-RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+{_complete_outcomes}
 
 -- name: complete_and_claim
 -- The worker's hot path in one statement (one round trip, one commit): write a batch of
@@ -177,29 +114,7 @@ RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
 -- `next_due` — then one row per claimed job. Used for batches whose jobs
 -- start nothing after them (no link, chain or chord); `complete` and `claim` otherwise.
 WITH done AS (
-    UPDATE {schema}.jobs AS j
-    SET state = o.state,
-        result = o.result,
-        exc_type = o.exc_type,
-        exc_message = o.exc_message,
-        traceback = o.traceback,
-        retries = CASE WHEN o.state = 'RETRY' THEN j.retries + 1 ELSE j.retries END,
-        run_at = CASE WHEN o.state = 'RETRY' THEN now() + make_interval(secs => o.countdown)
-                      ELSE j.run_at END,
-        eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
-                   THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
-        worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
-        last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
-        finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
-        runtime_ms = o.runtime_ms
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
-                %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
-                %(countdowns)s::float8[], %(runtimes)s::float8[])
-         AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown,
-              runtime_ms)
-    WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
-      AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
-    RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+{_complete_outcomes}
 ), done_notified AS (
     SELECT pg_notify(%(done_channel)s, string_agg(d.id::text, ','))
     FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM done
@@ -208,46 +123,7 @@ WITH done AS (
 ), retries_notified AS (
     SELECT pg_notify(%(jobs_channel)s, r.queue)
     FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
-), candidates AS (
-    SELECT c.id, c.priority, c.run_at, c.rate_reserved
-    FROM generate_series(9, 0, -1) AS p(priority),
-    LATERAL (
-        SELECT r.id, r.priority, r.run_at, r.rate_reserved
-        FROM unnest(%(queues)s::text[]) AS q(name),
-        LATERAL (
-            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
-            WHERE queue = q.name AND priority = p.priority::int2
-              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-            ORDER BY run_at, id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) AS r
-        ORDER BY r.run_at, r.id
-        LIMIT %(limit)s
-    ) AS c
-    LIMIT %(limit)s
-), picked AS (
-    SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-), claimed AS (
-    UPDATE {schema}.jobs AS j
-    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
-        worker_id = %(worker)s,
-        attempts = j.attempts + 1,
-        started_at = now(),
-        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
-        rate_reserved = false
-    FROM picked
-    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
-    -- it may read the whole table to hash it.
-    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
-              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
-              j.retries, j.attempts, j.root_id::text AS root_id,
-              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
-              j.content_type, j.compression, j.payload, j.signature,
-              picked.rate_reserved, j.run_at
-), summary AS (
+), {_claim_ctes}, summary AS (
     SELECT (SELECT coalesce(array_agg(id::text), '{}') FROM done) AS written,
            (SELECT count(*) FROM retries_notified) AS woken,
            (SELECT count(*) FROM done_notified) AS notified,
@@ -283,6 +159,79 @@ FROM (
     FROM claimed AS c
 ) AS out
 ORDER BY part, priority DESC, run_at, id
+
+-- name: _complete_outcomes
+-- Fragment (a name starting with "_" is spliced in where a query names it in braces):
+-- write a batch of outcomes, for `complete` and `complete_and_claim`.
+UPDATE {schema}.jobs AS j
+SET state = o.state,
+    result = o.result,
+    exc_type = o.exc_type,
+    exc_message = o.exc_message,
+    traceback = o.traceback,
+    retries = CASE WHEN o.state = 'RETRY' THEN j.retries + 1 ELSE j.retries END,
+    run_at = CASE WHEN o.state = 'RETRY' THEN now() + make_interval(secs => o.countdown)
+                  ELSE j.run_at END,
+    eta = CASE WHEN o.state = 'RETRY' AND o.countdown > 0
+               THEN now() + make_interval(secs => o.countdown) ELSE j.eta END,
+    worker_id = CASE WHEN o.state = 'RETRY' THEN NULL ELSE j.worker_id END,
+    last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
+    finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
+    runtime_ms = o.runtime_ms
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
+            %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
+            %(countdowns)s::float8[], %(runtimes)s::float8[])
+     AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown, runtime_ms)
+-- By primary key: `IS NOT DISTINCT FROM` (equal here: the parameter is never NULL) keeps the
+-- planner off jobs_running, whose entries for this worker include every job it finished since
+-- the last vacuum.
+WHERE j.id = o.id AND j.id = ANY(%(ids)s::uuid[]) AND j.attempts = o.attempts
+  AND j.state = 'STARTED' AND j.worker_id IS NOT DISTINCT FROM %(worker)s::uuid
+RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+
+-- name: _claim_ctes
+-- Fragment: the claim's CTEs (candidates, picked, claimed), for `claim` and
+-- `complete_and_claim`.
+candidates AS (
+    SELECT c.id, c.priority, c.run_at, c.rate_reserved
+    FROM generate_series(9, 0, -1) AS p(priority),
+    LATERAL (
+        SELECT r.id, r.priority, r.run_at, r.rate_reserved
+        FROM unnest(%(queues)s::text[]) AS q(name),
+        LATERAL (
+            SELECT id, priority, run_at, rate_reserved FROM {schema}.jobs
+            WHERE queue = q.name AND priority = p.priority::int2
+              AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+            ORDER BY run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        ORDER BY r.run_at, r.id
+        LIMIT %(limit)s
+    ) AS c
+    LIMIT %(limit)s
+), picked AS (
+    SELECT id, rate_reserved FROM candidates ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.expires_at <= now() THEN 'REVOKED' ELSE 'STARTED' END,
+        worker_id = %(worker)s,
+        attempts = j.attempts + 1,
+        started_at = now(),
+        finished_at = CASE WHEN j.expires_at <= now() THEN now() END,
+        rate_reserved = false
+    FROM picked
+    -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
+    -- it may read the whole table to hash it.
+    WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id::text AS id, j.task, j.state, j.args::text AS args,
+              j.kwargs::text AS kwargs, j.options::text AS options, j.queue, j.priority, j.eta,
+              j.retries, j.attempts, j.root_id::text AS root_id,
+              j.parent_id::text AS parent_id, j.group_id::text AS group_id,
+              j.content_type, j.compression, j.payload, j.signature,
+              picked.rate_reserved, j.run_at
+)
 
 -- name: rate_slots
 -- GCRA: `tat` is when the task's next slot is free. Reserve `n` consecutive slots, one every
