@@ -4,6 +4,7 @@ must charge only the job that caused them; every other job runs exactly once."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import psycopg
@@ -99,3 +100,49 @@ def test_finished_counters_stay_exact_through_the_one_statement_path(app, start_
     assert ("default", "SUCCESS", 300) in counted and ("default", "FAILURE", 40) in counted
     assert counted == db.execute("SELECT queue, state, count(*) FROM pgq.jobs "
                                  "GROUP BY queue, state ORDER BY queue, state").fetchall()
+
+
+def test_statements_are_short_enough_for_psycopgs_parse_cache():
+    """psycopg parses a statement longer than its cache limit again at every execution (~0.1
+    ms for the hot path): every statement, with the longest schema name PostgreSQL allows."""
+    from psycopg import _queries
+
+    from pgq.db.queries import MAX_STATEMENT_BYTES, queries_for
+
+    assert MAX_STATEMENT_BYTES <= _queries.MAX_CACHED_STATEMENT_LENGTH
+    statements = queries_for("s" * 63)._sql
+    too_long = {name: len(text.encode()) for name, text in statements.items()
+                if len(text.encode()) > MAX_STATEMENT_BYTES}
+    assert not too_long
+    assert not [name for name, text in statements.items() if "--" in text]
+
+
+def generic_plan(db, query: str) -> str:
+    """EXPLAIN (GENERIC_PLAN) of a statement written with psycopg's %(name)s placeholders."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", placeholder, query).replace("%%", "%")
+    return "\n".join(row[0] for row in db.execute("EXPLAIN (GENERIC_PLAN) " + text))
+
+
+def test_generic_plan_of_the_hot_path_writes_outcomes_by_primary_key(app, db):
+    """The worker plans its statements once (plan_cache_mode = force_generic_plan). The
+    generic plan must still find each outcome's job by primary key: not by walking
+    jobs_running (every job finished since the last vacuum), not by rescanning the outcomes
+    once per job."""
+    if db.info.server_version < 160000:
+        pytest.skip("EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16")
+    db.execute("INSERT INTO pgq.jobs (id, task, queue, state, args, finished_at) "
+               "SELECT gen_random_uuid(), 'add', 'default', 'SUCCESS', '[]', now() "
+               "FROM generate_series(1, 50000)")
+    app.enqueue_many([add.s(i, i) for i in range(500)])
+    db.execute("ANALYZE pgq.jobs")
+    plan = generic_plan(db, app.queries.complete_and_claim)
+    done = plan.split("CTE done")[1].split("CTE ")[0]
+    assert "Index Scan using jobs_pkey" in done and "Index Cond: (id = o.id)" in done, plan
+    assert "jobs_running" not in plan and "Seq Scan on jobs" not in plan, plan

@@ -224,6 +224,8 @@ class Worker:
             return None
         try:
             self.conn = self.app.connect()
+            if not self.app.conf.pgbouncer:  # (a SET would outlive our turn on its server)
+                execute(self.conn, self.app.queries.generic_plans)
             self.db_backoff = 0.1
             self.notified = True
             # A new connection (maybe to a promoted replica that never saw our last commits):
@@ -332,8 +334,8 @@ class Worker:
         try:
             if isinstance(result, BaseException):
                 raise result
-            rows = result
-            claim_rows = [row[4:] for row in rows[1:]]
+            rows = result  # the summary's 5 columns, then the claim's (run_at last)
+            claim_rows = [row[5:-1] for row in rows if row[5] is not None]
             claimed = [Job(*row[:-1]) for row in claim_rows]
             if self._rate_limited(claimed):
                 # In a transaction of their own: claimed jobs were never safer than this
@@ -341,7 +343,7 @@ class Worker:
                 with conn.transaction():
                     claimed = self._apply_rate_limits(conn, claim_rows)
             if want and len(claim_rows) < want:
-                self._sleep_until_due(rows[0][3])
+                self._sleep_until_due(rows[0][4])
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
             self.pending = outcomes + self.pending
@@ -354,7 +356,7 @@ class Worker:
             self.pending = outcomes + self.pending  # written again (guarded) once reconnected
             self._db_failed(exc)
             return
-        written, woken = set(rows[0][0]), rows[0][1]
+        written, woken = {o.id for o in outcomes} - set(rows[0][0]), rows[0][1]
         if len(written) < len(outcomes):
             log.warning("%d outcome(s) discarded: their jobs were revoked or rescued meanwhile",
                         len(outcomes) - len(written))
