@@ -93,9 +93,21 @@ def test_queue_stats_counters_follow_every_path(app, db):
     assert run("prune", "-A", "apps.basic", "--older-than", "7d").returncode == 0
     add.apply_async((2, 2), queue="other")
     assert run("purge", "-A", "apps.basic", "-Q", "other", "--yes").returncode == 0
+    # Rows inserted already finished, one still to run, and in one transaction a statement
+    # with finished rows then one without (the trigger's flag must not leak or stick).
+    db.execute("INSERT INTO pgq.jobs (id, task, queue, state, args) "
+               "SELECT gen_random_uuid(), 'add', q, s, '[]' FROM unnest("
+               "'{default,default,imported,imported}'::text[], "
+               "'{SUCCESS,REVOKED,FAILURE,PENDING}'::text[]) AS x(q, s)")
+    with db.transaction():
+        db.execute("INSERT INTO pgq.jobs (id, task, queue, state, args) "
+                   "VALUES (gen_random_uuid(), 'add', 'imported', 'SUCCESS', '[]')")
+        db.execute("INSERT INTO pgq.jobs (id, task, queue, args) "
+                   "VALUES (gen_random_uuid(), 'add', 'imported', '[]')")
     expected = db.execute(LIVE_COUNTS).fetchall()
     assert view_counts(db) == expected
-    assert ("default", "SUCCESS", 2) in expected and ("default", "FAILURE", 3) in expected
+    assert ("default", "SUCCESS", 3) in expected and ("default", "FAILURE", 3) in expected
+    assert ("imported", "FAILURE", 1) in expected and ("imported", "SUCCESS", 1) in expected
     oldest, live = db.execute(
         "SELECT (SELECT oldest_age FROM pgq.queue_stats"
         "        WHERE queue = 'default' AND state = 'FAILURE'),"

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg import conninfo
+from psycopg import conninfo, pq
 
 from pgq.errors import ConfigurationError, PgqError
 
@@ -142,7 +142,11 @@ def execute(
     """Run one statement on a DB-API connection and return its rows (if any)."""
     if isinstance(conn, psycopg.Connection):
         cur = conn.execute(query, params)
+        # (Not `description`, which builds a Column object per column at every call.)
+        result = cur.pgresult
+        has_rows = result is not None and result.status == pq.ExecStatus.TUPLES_OK
     else:
         cur = conn.cursor()
         cur.execute(query, params)
-    return list(cur.fetchall()) if cur.description is not None else []
+        has_rows = cur.description is not None
+    return list(cur.fetchall()) if has_rows else []
