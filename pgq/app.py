@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
@@ -321,9 +322,13 @@ class App:
         row = enqueue.build_row(self, name, args, kwargs, options, task)
         if self.conf.task_always_eager and connection is None:
             return self._run_eagerly(row, task)
+        sent_at = time.monotonic()
         (job_id,) = enqueue.insert(self, [row], connection)
-        return AsyncResult(job_id, app=self, task_name=name,
-                           database=routing.database_for(self, row.queue))
+        result = AsyncResult(job_id, app=self, task_name=name,
+                             database=routing.database_for(self, row.queue))
+        if job_id == row.id and not row.chosen_id:  # a new job: it did not exist at sent_at
+            result._unseen_before = sent_at
+        return result
 
     def _run_eagerly(self, row: enqueue.JobRow, task: Task | None) -> AsyncResult:
         """`task_always_eager`: run the job here and now (for unit tests of user code)."""
@@ -422,12 +427,13 @@ class App:
         return waiter
 
     def wait_for(self, job_ids: Sequence[str], timeout: float | None,
-                 check: Callable[[], Any], databases: Sequence[str] | None = None) -> Any:
+                 check: Callable[[], Any], databases: Sequence[str] | None = None,
+                 unseen_before: float | None = None) -> Any:
         """Wait until `check()` says done, woken by `done` notifications from `databases`
-        (default: every database the jobs may be in)."""
+        (default: every database the jobs may be in); `unseen_before` as in `wait_loop`."""
         waiters = [self._result_waiter(dsn) for dsn in databases or self.databases()]
         return wait_loop(waiters, job_ids, timeout, check,
-                         float(self.conf.result_poll_interval))
+                         float(self.conf.result_poll_interval), unseen_before)
 
     def databases(self) -> list[str]:
         """Every database this app's jobs may live in (several with `queue_databases`)."""

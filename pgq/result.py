@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, overload
@@ -28,21 +28,40 @@ EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
 
 class ResultWaiter:
     """Per process: one LISTEN on the schema's `_done` channel; wakes `get()` callers whose
-    job ids appear in a notification (the completer sends ids in batches)."""
+    job ids appear in a notification (the completer sends ids in batches). It also keeps the
+    last RECENT ids nobody was waiting for, so that a `get()` on a job this process enqueued
+    while listening can wait without reading the job first (`heard_all_since`)."""
+
+    RECENT = 10_000
 
     def __init__(self, dsn: str, channel: str) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[threading.Event]] = defaultdict(list)
+        self._recent: OrderedDict[str, float] = OrderedDict()  # id -> when it was heard
+        self._forgotten = 0.0  # when the newest id dropped from _recent was heard
         self.listener = Listener(dsn, [channel])
         self.listener.on(channel, self._on_done)
         self.listener.on_reconnect(self._wake_all)
         self.listener.start()
 
     def _on_done(self, payload: str) -> None:
+        now = time.monotonic()
         with self._lock:
             for job_id in payload.split(","):
-                for event in self._waiting.get(job_id, ()):
-                    event.set()
+                events = self._waiting.get(job_id)
+                if events:
+                    for event in events:
+                        event.set()
+                else:
+                    self._recent[job_id] = now
+            while len(self._recent) > self.RECENT:
+                self._forgotten = self._recent.popitem(last=False)[1]
+
+    def heard_all_since(self, moment: float) -> bool:
+        """Every job that finishes after `moment` (time.monotonic()) is heard here: listening
+        since before it without a break, and no id heard since then forgotten."""
+        live = self.listener.live_since
+        return live is not None and live < moment and self._forgotten < moment
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -57,6 +76,8 @@ class ResultWaiter:
         with self._lock:
             for job_id in job_ids:
                 self._waiting[job_id].append(event)
+                if job_id in self._recent:  # finished before anyone waited
+                    event.set()
         return event
 
     def unregister(self, job_ids: Sequence[str], event: Any) -> None:
@@ -136,6 +157,7 @@ class AsyncResult(Generic[R]):
         self._parent = parent
         self._cache: _Row | None = None
         self._database = database  # where the job lives, when known (queue_databases)
+        self._unseen_before: float | None = None  # see wait_loop; set by send_task
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -253,7 +275,8 @@ class AsyncResult(Generic[R]):
             Exception: The task's own exception (same type where it can be rebuilt, else
                 `TaskError`), when `propagate`.
         """
-        row = self.app.wait_for([self.id], timeout, lambda: self._row(), self._databases())
+        row = self.app.wait_for([self.id], timeout, lambda: self._row(), self._databases(),
+                                unseen_before=self._unseen_before)
         if row.state == "SUCCESS":
             value: R = row.value(self.app)
             return value
@@ -422,23 +445,35 @@ class GroupResult:
             result.forget()
 
 
+# With every database listened to, how long a wait goes without a re-check at first (then
+# doubling up to result_poll_interval): in case a notification was lost with its connection.
+SAFETY_RECHECK_S = 0.25
+
+
 def wait_loop(waiters: Sequence[ResultWaiter | None], job_ids: Sequence[str],
-              timeout: float | None, check: Any, fallback: float) -> Any:
+              timeout: float | None, check: Any, fallback: float,
+              unseen_before: float | None = None) -> Any:
     """Re-check on every wake-up (NOTIFY from any of the jobs' databases, reconnect, or a
     slow safety re-check). Where a database has no waiter (PgBouncer, no listen_dsn) it
-    polls, from 10 ms up to `fallback`."""
+    polls, from 10 ms up to `unseen_before`. `unseen_before`: a time.monotonic() before which
+    the jobs did not exist (this process enqueued them later); when every waiter has heard
+    everything since then, the first check is skipped: a finished job was heard."""
     deadline = None if timeout is None else time.monotonic() + timeout
     event = threading.Event()
     listening = [waiter for waiter in waiters if waiter is not None]
     for waiter in listening:
         waiter.register(job_ids, event)
     try:
-        safety = 0.25 if listening and len(listening) == len(waiters) else 0.01
+        safety = SAFETY_RECHECK_S if listening and len(listening) == len(waiters) else 0.01
+        skip_check = (unseen_before is not None and len(listening) == len(waiters)
+                      and all(waiter.heard_all_since(unseen_before) for waiter in listening))
         while True:
-            event.clear()
-            outcome = check()
-            if _is_done(outcome):
-                return outcome
+            if not skip_check:
+                event.clear()
+                outcome = check()
+                if _is_done(outcome):
+                    return outcome
+            skip_check = False
             wait = safety
             if deadline is not None:
                 remaining = deadline - time.monotonic()

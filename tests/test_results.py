@@ -15,8 +15,10 @@ from apps.basic import (
     retry_until,
     sleep,
 )
+from conftest import wait_until
 
 import pgq
+import pgq.result
 
 PGQ = str(Path(sys.executable).parent / "pgq")
 
@@ -131,3 +133,86 @@ def test_prune_deletes_results_past_expiry(app, start_worker, db, dsn):
     out = subprocess.run([PGQ, "prune", "-A", "apps.basic", "--older-than", "0s"],
                          capture_output=True, text=True, check=True)
     assert "pruned 1" in out.stdout
+
+
+def reads_of(result, monkeypatch) -> list[str]:
+    """Count the reads of the job's row that `get()` makes."""
+    reads: list[str] = []
+    original = type(result)._row
+
+    def counted(self):
+        reads.append(self.id)
+        return original(self)
+
+    monkeypatch.setattr(type(result), "_row", counted)
+    return reads
+
+
+def finished(db, *results) -> bool:
+    ids = [r.id for r in results]
+    return db.execute("SELECT count(*) FROM pgq.jobs WHERE id = ANY(%s::uuid[]) "
+                      "AND finished_at IS NOT NULL", (ids,)).fetchone()[0] == len(ids)
+
+
+def test_get_of_a_job_enqueued_while_listening_waits_without_reading_first(app, start_worker,
+                                                                          monkeypatch):
+    """The process has heard every job finish since before it enqueued this one: get()
+    waits for the notification and reads the row once, when it is done."""
+    monkeypatch.setattr(pgq.result, "SAFETY_RECHECK_S", 60.0)  # only the notification wakes
+    start_worker("-c", "1")
+    assert add.delay(1, 1).get(timeout=30) == 2  # the process now listens
+    result = sleep.delay(0.5)
+    reads = reads_of(result, monkeypatch)
+    assert result.get(timeout=30) == 0.5
+    assert reads == [result.id]
+
+
+def test_a_job_heard_finishing_before_anyone_waited_wakes_its_waiter_at_once(
+        app, start_worker, db, monkeypatch):
+    start_worker("-c", "1")
+    assert add.delay(1, 1).get(timeout=30) == 2
+    result = add.delay(2, 2)
+    wait_until(lambda: finished(db, result), timeout=30, what="the job to finish")
+    waiter = app._result_waiter(app.dsn)
+    wait_until(lambda: result.id in waiter._recent, timeout=30, what="the notification")
+    assert waiter.heard_all_since(result._unseen_before)
+    event = waiter.register([result.id])
+    assert event.is_set()
+    waiter.unregister([result.id], event)
+    reads = reads_of(result, monkeypatch)
+    assert result.get(timeout=30) == 4
+    assert reads == [result.id]
+
+
+def test_get_reads_first_when_the_notification_may_be_forgotten(app, start_worker, db,
+                                                               monkeypatch):
+    """Once more jobs finished than the process remembers, the id may have been dropped:
+    get() reads the row first (and finds it done) instead of waiting for a notification."""
+    start_worker("-c", "1")
+    assert add.delay(1, 1).get(timeout=30) == 2
+    monkeypatch.setattr(pgq.result.ResultWaiter, "RECENT", 3)
+    first = add.delay(2, 2)
+    later = [add.delay(i, i) for i in range(6)]
+    wait_until(lambda: finished(db, first, *later), timeout=30, what="the jobs to finish")
+    waiter = app._result_waiter(app.dsn)
+    wait_until(lambda: len(waiter._recent) == 3, timeout=30, what="the notifications")
+    assert not waiter.heard_all_since(first._unseen_before)
+    reads = reads_of(first, monkeypatch)
+    assert first.get(timeout=30) == 4
+    assert reads == [first.id]
+
+
+def test_get_reads_first_after_the_listener_reconnected(app, start_worker, db, monkeypatch):
+    """A notification sent while the LISTEN connection was down is lost: a job enqueued
+    before the reconnect is read first."""
+    start_worker("-c", "1")
+    assert add.delay(1, 1).get(timeout=30) == 2
+    result = add.delay(2, 2)
+    waiter = app._result_waiter(app.dsn)
+    before = waiter.listener.live_since
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()")
+    wait_until(lambda: (waiter.listener.live_since or 0) > before, timeout=30,
+               what="the LISTEN connection to come back")
+    assert not waiter.heard_all_since(result._unseen_before)
+    assert result.get(timeout=30) == 4

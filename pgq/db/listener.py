@@ -45,6 +45,9 @@ class Listener:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
+        # time.monotonic() when the current connection's LISTENs took effect; None while
+        # there is none. Every notification committed after that reaches the callbacks.
+        self.live_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="pgq-listener", daemon=True)
 
     def on(self, channel: str, callback: Callback) -> None:
@@ -100,6 +103,7 @@ class Listener:
         while not self._stopped.is_set():
             try:
                 self._conn = self._listen()
+                self.live_since = time.monotonic()
                 self._ready.set()
                 if not first:
                     log.log(self._level(), "LISTEN connection re-established")
@@ -119,6 +123,7 @@ class Listener:
                             callback(note.payload)
                     self._check_probe()
             except Exception as exc:
+                self.live_since = None
                 self._ready.clear()
                 if self._stopped.is_set():
                     break
