@@ -111,9 +111,10 @@ FROM claimed ORDER BY priority DESC, run_at, id
 -- that fit a payload) and the queues of retries due now, and claim up to `limit` jobs (as in
 -- `claim`; the rows just completed are STARTED in this statement's snapshot, so the two
 -- updates never touch the same row). The summary: `unwritten` (the ids of outcomes not
--- written: their jobs were revoked or rescued meanwhile), `woken`, `notified`, `relaxed`,
--- `next_due`. Used for batches whose jobs start nothing after them (no link, chain or chord);
--- `complete` and `claim` otherwise.
+-- written: their jobs were revoked or rescued meanwhile), `woken`, `notified`, `next_due`.
+-- Used for batches whose jobs start nothing after them (no link, chain or chord); `complete`
+-- and `claim` otherwise. Every commit waits for its WAL flush, claims too: a claim lost in a
+-- crash of the server would run its job a second time (docs/reliability.md).
 WITH done AS (
 {_complete_outcomes}
 ), done_notified AS (
@@ -124,18 +125,11 @@ WITH done AS (
 ), retries_notified AS (
     SELECT pg_notify(%(jobs_channel)s, r.queue)
     FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
-), relaxed AS (
-    -- A claim with no outcomes commits without waiting for its WAL flush. Lost in a crash of
-    -- the server, the claim is undone and its job is claimed again: it had not finished, so
-    -- at least once holds. Outcomes always wait for the flush, which carries every claim
-    -- committed before them.
-    SELECT set_config('synchronous_commit', 'off', true) WHERE cardinality(%(ids)s::uuid[]) = 0
 ), {_claim_ctes}, summary AS (
     SELECT (SELECT coalesce(array_agg(i::text), '{}') FROM unnest(%(ids)s::uuid[]) AS i
             WHERE i NOT IN (SELECT id FROM done)) AS unwritten,
            (SELECT count(*) FROM retries_notified) AS woken,
            (SELECT count(*) FROM done_notified) AS notified,
-           (SELECT count(*) FROM relaxed) AS relaxed,
            -- as `next_due`, when the claim came back short (then the worker sleeps until then)
            CASE WHEN %(limit)s > 0 AND (SELECT count(*) FROM claimed) < %(limit)s THEN (
                SELECT min(f.run_at) - now()

@@ -334,8 +334,8 @@ class Worker:
         try:
             if isinstance(result, BaseException):
                 raise result
-            rows = result  # the summary's 5 columns, then the claim's (run_at last)
-            claim_rows = [row[5:-1] for row in rows if row[5] is not None]
+            rows = result  # the summary's 4 columns, then the claim's (run_at last)
+            claim_rows = [row[4:-1] for row in rows if row[4] is not None]
             claimed = [Job(*row[:-1]) for row in claim_rows]
             if self._rate_limited(claimed):
                 # In a transaction of their own: claimed jobs were never safer than this
@@ -343,7 +343,7 @@ class Worker:
                 with conn.transaction():
                     claimed = self._apply_rate_limits(conn, claim_rows)
             if want and len(claim_rows) < want:
-                self._sleep_until_due(rows[0][4])
+                self._sleep_until_due(rows[0][3])
             self.claim_uncertain = False
         except (psycopg.DataError, psycopg.ProgrammingError, psycopg.IntegrityError) as exc:
             self.pending = outcomes + self.pending
