@@ -225,7 +225,7 @@ class Worker:
         try:
             self.conn = self.app.connect()
             if not self.app.conf.pgbouncer:  # (a SET would outlive our turn on its server)
-                execute(self.conn, self.app.queries.generic_plans)
+                execute(self.conn, self.app.queries.plan_once)
             self.db_backoff = 0.1
             self.notified = True
             # A new connection (maybe to a promoted replica that never saw our last commits):
