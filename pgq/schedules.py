@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter  # type: ignore[import-untyped]
-
 from pgq.errors import ConfigurationError
 
 
@@ -41,7 +39,7 @@ class crontab:
                 object.__setattr__(self, name, value)
         for name in ("minute", "hour", "day_of_week", "day_of_month", "month_of_year"):
             object.__setattr__(self, name, str(getattr(self, name)))
-        if not croniter.is_valid(self.expression):
+        if not _croniter().is_valid(self.expression):
             raise ConfigurationError(f"invalid crontab expression {self.expression!r}")
 
     @property
@@ -53,13 +51,22 @@ class crontab:
     def next_after(self, moment: datetime, tz: str = "UTC") -> datetime:
         """The first due time strictly after `moment`, reading the fields in `tz`."""
         local = moment.astimezone(zone(tz))
-        due: datetime = croniter(self.expression, local).get_next(datetime)
+        due: datetime = _croniter()(self.expression, local).get_next(datetime)
         return due.astimezone(UTC)
 
     def latest_at_or_before(self, moment: datetime, tz: str = "UTC") -> datetime:
         local = (moment + timedelta(microseconds=1)).astimezone(zone(tz))
-        due: datetime = croniter(self.expression, local).get_prev(datetime)
+        due: datetime = _croniter()(self.expression, local).get_prev(datetime)
         return due.astimezone(UTC)
+
+
+def _croniter() -> Any:
+    """croniter, imported on first use: importing it runs `file -b` on the Python binary
+    (a subprocess, via `platform.architecture()`), which every process that imports pgq,
+    producers and workers alike, would otherwise pay at start-up."""
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    return croniter
 
 
 def zone(name: str) -> ZoneInfo:

@@ -223,18 +223,22 @@ class Worker:
         if time.monotonic() < self.db_retry_at:
             return None
         try:
-            self.conn = self.app.connect()
-            if not self.app.conf.pgbouncer:  # (a SET would outlive our turn on its server)
-                execute(self.conn, self.app.queries.plan_once)
-            self.db_backoff = 0.1
-            self.notified = True
-            # A new connection (maybe to a promoted replica that never saw our last commits):
-            # return any job the database says we hold and we do not (release_unknown).
-            self.claim_uncertain = True
-            return self.conn
+            return self._adopt(self.app.connect())
         except Exception as exc:
             self._db_failed(exc)
             return None
+
+    def _adopt(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """Make `conn` the connection that claims and completes."""
+        self.conn = conn
+        if not self.app.conf.pgbouncer:  # (a SET would outlive our turn on its server)
+            execute(conn, self.app.queries.plan_once)
+        self.db_backoff = 0.1
+        self.notified = True
+        # A new connection (maybe to a promoted replica that never saw our last commits):
+        # return any job the database says we hold and we do not (release_unknown).
+        self.claim_uncertain = True
+        return conn
 
     def _db_failed(self, exc: BaseException) -> None:
         log.error("database error (%s); retrying in %.1fs; %d outcome(s) kept to write",
@@ -550,7 +554,7 @@ class Worker:
         signals.worker_init.send(sender=self)
         conn = self.app.connect()
         self._register(conn)
-        conn.close()
+        self._adopt(conn)  # the first claim need not wait for a second connection
         if self.metrics_port:
             self.metrics = serve_metrics(self.metrics_port, self.id)
         q = self.app.queries
