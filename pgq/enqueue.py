@@ -314,6 +314,9 @@ def plan_steps(app: App, jobs: Sequence[JobRow], chords: Sequence[Any], can_copy
 
 
 def _job_steps(app: App, jobs: Sequence[JobRow], can_copy: bool) -> Steps:
+    if len(jobs) == 1 and not (jobs[0].unique_key or jobs[0].chosen_id):
+        yield app.queries.enqueue_new, _one_params(jobs[0])
+        return [jobs[0].id]
     if len(jobs) == 1:
         inserted = {str(r[0]) for r in (yield app.queries.enqueue_one, _one_params(jobs[0]))}
     elif (can_copy and len(jobs) >= COPY_THRESHOLD

@@ -245,6 +245,16 @@ def test_least_privilege_roles(app, dsn, db):
             psycopg.errors.InsufficientPrivilege):
         conn.execute(claim, {"queues": ["default"], "limit": 1,
                              "worker": "00000000-0000-0000-0000-000000000000"})
+    # Jobs it inserts already finished are counted (by the owner-rights counter), and it
+    # cannot call that counter itself.
+    with psycopg.connect(as_role[producer], autocommit=True) as conn:
+        conn.execute("INSERT INTO pgq.jobs (id, task, queue, state, args) VALUES "
+                     "(gen_random_uuid(), 'add', 'imported_by_producer', 'SUCCESS', '[]')")
+        with pytest.raises(psycopg.errors.RaiseException, match="trigger only"):
+            conn.execute("SELECT pgq.count_finished_added('imported_by_producer', "
+                         "'{SUCCESS}')")
+    assert db.execute("SELECT jobs FROM pgq.queue_stats WHERE queue = "
+                      "'imported_by_producer'").fetchall() == [(1,)]
     # The monitor reads the views and nothing else.
     with psycopg.connect(as_role[monitor]) as conn:
         for view in VIEWS:  # job_payloads included

@@ -84,8 +84,15 @@ class ProducerPool:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._get().connection() as conn:
+        # getconn/putconn rather than the pool's own context manager, which also enters the
+        # connection's (a commit call, a no-op in autocommit): ~10 us off every delay().
+        # putconn still rolls back a transaction left open and replaces a broken connection.
+        pool = self._get()
+        conn = pool.getconn()
+        try:
             yield conn
+        finally:
+            pool.putconn(conn)
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():

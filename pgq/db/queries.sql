@@ -22,7 +22,7 @@ FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(priorities
 ON CONFLICT DO NOTHING
 RETURNING id
 
--- name: enqueue_one
+-- name: _insert_one
 INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, run_at, eta,
                            expires_at, unique_key, root_id, parent_id, group_id,
                            content_type, compression, payload, payload_size, signature)
@@ -31,6 +31,15 @@ VALUES (%(id)s::uuid, %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwar
         %(expires_at)s::timestamptz, %(unique_key)s, coalesce(%(root_id)s::uuid, %(id)s::uuid),
         %(parent_id)s::uuid, %(group_id)s::uuid, %(content_type)s::text,
         %(compression)s::text, %(payload)s::bytea, %(payload_size)s::int, %(signature)s::text)
+
+-- name: enqueue_new
+-- One job whose id pgq just made and that has no unique key: nothing can conflict and the
+-- caller knows the id, so no ON CONFLICT arbiter checks and no RETURNING (the delay() path).
+{_insert_one}
+
+-- name: enqueue_one
+-- One job with a unique key or a caller-chosen id: the id returned is the row written, if any.
+{_insert_one}
 ON CONFLICT DO NOTHING
 RETURNING id
 
