@@ -66,10 +66,10 @@ class ProducerPool:
         self.max_size = max_size
         self.kwargs = kwargs or {}
         self._pid = -1
-        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
 
-    def _get(self) -> psycopg_pool.ConnectionPool[Any]:
+    def _get(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None or self._pid != os.getpid():
             with self._lock:
                 if self._pool is None or self._pid != os.getpid():
@@ -84,15 +84,21 @@ class ProducerPool:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        # getconn/putconn rather than the pool's own context manager, which also enters the
-        # connection's (a commit call, a no-op in autocommit): ~10 us off every delay().
-        # putconn still rolls back a transaction left open and replaces a broken connection.
-        pool = self._get()
-        conn = pool.getconn()
+        conn = self.getconn()
         try:
             yield conn
         finally:
-            pool.putconn(conn)
+            self.putconn(conn)
+
+    # getconn/putconn rather than the pool's own context manager, which also enters the
+    # connection's (a commit call, a no-op in autocommit): ~10 us off every delay().
+    # putconn still rolls back a transaction left open and replaces a broken connection.
+    def getconn(self) -> psycopg.Connection[Any]:
+        """A connection for `putconn` to give back (`connection()` does both)."""
+        return self._get().getconn()
+
+    def putconn(self, conn: psycopg.Connection[Any]) -> None:
+        self._get().putconn(conn)
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():

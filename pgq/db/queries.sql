@@ -34,8 +34,16 @@ VALUES (%(id)s::uuid, %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwar
 
 -- name: enqueue_new
 -- One job whose id pgq just made and that has no unique key: nothing can conflict and the
--- caller knows the id, so no ON CONFLICT arbiter checks and no RETURNING (the delay() path).
+-- caller knows the id, so no ON CONFLICT arbiter checks and no RETURNING.
 {_insert_one}
+
+-- name: enqueue_plain
+-- The same for the commonest job (`delay()` at the top level: JSON arguments, due now, no
+-- expiry, no workflow ids, unsigned), with only the values it has: each parameter more
+-- costs ~1.5 us here and on the server (docs/performance.md, round 5).
+INSERT INTO {schema}.jobs (id, task, queue, priority, args, kwargs, options, root_id)
+VALUES (%(id)s::uuid, %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(kwargs)s::jsonb,
+        %(options)s::jsonb, %(id)s::uuid)
 
 -- name: enqueue_one
 -- One job with a unique key or a caller-chosen id: the id returned is the row written, if any.
