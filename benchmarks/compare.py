@@ -201,6 +201,12 @@ class Row:
 
 ROWS = (
     Row("A enqueue one by one", "A_single_jobs_s", True, "jobs/s", 3_000),
+    Row("A reference: bare psycopg INSERT into pgq.jobs", "A_bare_insert_jobs_s", True,
+        "jobs/s", pgq_only=True),
+    Row("A reference: bare INSERT, primary key only", "A_bare_insert_min_jobs_s", True,
+        "jobs/s", pgq_only=True),
+    Row("A one by one / bare INSERT into pgq.jobs", "A_single_vs_bare", True, "ratio",
+        1 / 1.15, pgq_only=True),
     Row("A enqueue bulk (chunks of 1,000)", "A_batch_jobs_s", True, "jobs/s", 110_000),
     Row("B drain 10k, from worker start", "B_drain_jobs_s", True, "jobs/s", 12_000),
     Row("B drain, excl. start-up", "B_drain_excl_startup_jobs_s", True, "jobs/s"),

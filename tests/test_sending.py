@@ -184,6 +184,29 @@ def test_task_id_is_used(app, db):
     assert job_count(db, job_id) == 1
 
 
+def test_every_single_job_statement_writes_the_same_row(app, dsn, db):
+    """A single job goes in by one of three statements (docs/performance.md, round 5):
+    `enqueue_plain` (delay()), `enqueue_new` (an option the plain one has no column for),
+    `enqueue_one` (a chosen id: ON CONFLICT). The rows they write differ only where the
+    call did; a chosen id already taken returns that job and writes nothing."""
+    plain = add.delay(1, 2)
+    expiring = add.apply_async((1, 2), expires=3600)
+    chosen = add.apply_async((1, 2), task_id="0b8f4c1e-6a7d-4f0e-9d1c-2b3a4c5d6e7f")
+    with psycopg.connect(dsn) as conn:
+        on_callers = add.apply_async((1, 2), connection=conn)
+    columns = ("task, queue, priority, state, args, kwargs, options, eta, unique_key, "
+               "parent_id, group_id, content_type, compression, payload, payload_size, "
+               "signature, run_at <= now(), root_id = id, expires_at IS NULL")
+    rows = {job_id: rest for job_id, *rest in db.execute(
+        f"SELECT id::text, {columns} FROM pgq.jobs").fetchall()}
+    assert rows[expiring.id][-1] is False
+    rows[expiring.id][-1] = True
+    assert rows[plain.id] == rows[expiring.id] == rows[chosen.id] == rows[on_callers.id]
+    assert rows[plain.id][-3:] == [True, True, True]
+    again = add.apply_async((5, 5), task_id=chosen.id)
+    assert again.id == chosen.id and job_count(db) == 4
+
+
 def test_enqueue_many_accepts_workflows_and_plain_signatures(app, db):
     from pgq import chain, group
 

@@ -39,6 +39,7 @@ import common
 DB = os.environ.get("PGQ_BENCH_DB", "bench_pgq")
 DB_E = DB + "_e"  # workload E's database: millions of kept rows, loaded once
 SCHEMA = "pgq"
+MIN_TABLE = "public.bench_bare_insert"  # A's reference table: a primary key and nothing else
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PGQ_BIN = Path(sys.executable).parent / "pgq"
@@ -288,6 +289,28 @@ class PgqPeer(common.Peer):
                 break
         return i, time.perf_counter() - t
 
+    def bare_inserts(self, n: int) -> dict[str, float]:
+        """Seconds for A's references (issue 9: one by one within 15% of a bare psycopg
+        INSERT): n autocommit INSERTs of (id, task, queue, args) from psycopg, into pgq's
+        jobs table (its indexes and trigger) and into a table with only a primary key."""
+        import psycopg
+
+        tables = {"A_bare_insert_jobs_s": f"{SCHEMA}.jobs", "A_bare_insert_min_jobs_s": MIN_TABLE}
+        spent: dict[str, float] = {}
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {MIN_TABLE} (id uuid PRIMARY KEY, "
+                         "task text NOT NULL, queue text NOT NULL, args jsonb NOT NULL)")
+            for key, table in tables.items():
+                insert = (f"INSERT INTO {table} (id, task, queue, args) "
+                          "VALUES (gen_random_uuid(), 'noop', 'default', %s::jsonb)")
+                t = time.perf_counter()
+                for i in range(n):
+                    conn.execute(insert, (f"[{i}]",))
+                spent[key] = time.perf_counter() - t
+            conn.execute(f"DROP TABLE {MIN_TABLE}")
+        _truncate(DB)
+        return spent
+
     def enqueue_batch(self, n: int, batch: int, max_s: float) -> tuple[int, float]:
         enqueue_many, sig = self.app.enqueue_many, self.noop.s
         t = time.perf_counter()
@@ -433,6 +456,8 @@ def run_workload(peer: PgqPeer, workload: str, args: Any) -> dict[str, Any]:
             return (run_e if workload == "E" else run_f)(peer, args)
         finally:
             peer.stop_workers()
+    if workload == "A_single":
+        before = peer.bare_inserts(args.n // 2)
     out: dict[str, Any] = _harness_run_workload(peer, workload, args)
     if "error" in out:
         return out
@@ -445,6 +470,13 @@ def run_workload(peer: PgqPeer, workload: str, args: Any) -> dict[str, Any]:
                         "B_pg_cpu_us_per_job": peer.last_cpu["pg"] / args.n * 1e6})
     elif workload == "D":
         out.update(peer.d_latency())
+    elif workload == "A_single":
+        # Half the references before pgq's loop and half after: a drift in the machine's
+        # speed during the rep weighs on both sides.
+        spent = [before, peer.bare_inserts(args.n // 2)]
+        for key in spent[0]:
+            out[key] = 2 * (args.n // 2) / (spent[0][key] + spent[1][key])
+        out["A_single_vs_bare"] = out["A_single_jobs_s"] / out["A_bare_insert_jobs_s"]
     return out
 
 
