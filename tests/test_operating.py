@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from apps.basic import add, fail_value, retry_until, tsum
 from conftest import wait_until
@@ -287,4 +288,31 @@ def test_every_migration_downgrades_and_upgrades_again(dsn, db):
     assert tables == 0
     upgrade(dsn, schema)
     assert db.execute(f"SELECT count(*) FROM {schema}.queue_stats").fetchone() == (0,)
+    db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_insert_trigger_notifies_once_per_queue_unless_skipped(dsn, db):
+    """`jobs_inserted` (revision 0008): one NOTIFY per distinct queue of a statement, at
+    commit, none with `pgq.skip_notify`, none on rollback. In a schema of its own, so its
+    channel hears no other test's jobs."""
+    from pgq.migrate import upgrade
+
+    schema = "pgq_notify_check"
+    db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    upgrade(dsn, schema)
+    insert = (f"INSERT INTO {schema}.jobs (id, task, queue, args) "
+              "SELECT gen_random_uuid(), 't', q, '[]' FROM unnest(%s::text[]) AS q")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {schema}_jobs")
+        db.execute(insert, (["a", "b", "a", "a"],))
+        with db.transaction():
+            db.execute("SET LOCAL pgq.skip_notify = on")
+            db.execute(insert, (["skipped"],))
+        with pytest.raises(ZeroDivisionError), db.transaction():
+            db.execute(insert, (["rolled_back"],))
+            raise ZeroDivisionError
+        db.execute(insert, (["c"],))
+        heard = [n.payload for n in listener.notifies(timeout=1.0)]
+    assert sorted(heard) == ["a", "b", "c"]
+    assert db.execute(f"SELECT count(*) FROM {schema}.jobs").fetchone() == (6,)
     db.execute(f"DROP SCHEMA {schema} CASCADE")
