@@ -166,7 +166,9 @@ def test_rate_limit_holds_across_workers_and_does_not_block_others(app, start_wo
     span = stamps[-1] - stamps[0]
     assert span >= 9 * 0.2 * 0.9, f"10 runs at 5/s took only {span:.2f}s"
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) > 0.1
+    # Slots are 0.2 s apart; a run that starts late on a loaded machine shortens the gap after
+    # it (0.07 s seen with three suites at once), while a burst would leave gaps near zero.
+    assert min(gaps) > 0.05, gaps
 
 
 def _enqueue_unique(_: int) -> set[str]:

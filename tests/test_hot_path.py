@@ -5,6 +5,7 @@ must charge only the job that caused them; every other job runs exactly once."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections import Counter
 
 import psycopg
@@ -102,6 +103,36 @@ def test_finished_counters_stay_exact_through_the_one_statement_path(app, start_
                                  "GROUP BY queue, state ORDER BY queue, state").fetchall()
 
 
+def test_idle_claim_and_lone_write_answer_as_the_whole_statement_does(app, db, dsn):
+    """The worker sends `claim_and_due` when it has no outcome to write and
+    `complete_and_notify` when it wants no job: the same summary as `complete_and_claim`
+    (unwritten ids, retries woken, notifications sent, next due), the claim's rows after it."""
+    from pgq.worker.completer import complete_params
+    from pgq.worker.executor import Outcome
+
+    q, worker = app.queries, str(uuid.uuid4())
+    now_id, later_id = add.delay(1, 2).id, add.apply_async((3, 4), countdown=60).id
+    claim = {"queues": ["default"], "limit": 5, "worker": worker}
+    rows = db.execute(q.claim_and_due, claim).fetchall()
+    assert [(row[:3], row[4]) for row in rows] == [(([], 0, 0), now_id)]
+    assert 55 < rows[0][3].total_seconds() <= 60  # next due: the countdown job
+    ((attempts,),) = db.execute("SELECT attempts FROM pgq.jobs WHERE id = %s", (now_id,))
+    done = Outcome(now_id, attempts, "SUCCESS", "3")
+    stray = Outcome(later_id, 1, "SUCCESS", "7")  # not held by this worker: not written
+    with psycopg.connect(dsn, autocommit=True) as listen:
+        listen.execute(f"LISTEN {q.done_channel}")
+        written = db.execute(q.complete_and_notify, {
+            **complete_params([done, stray], worker), "done_channel": q.done_channel,
+            "jobs_channel": q.jobs_channel}).fetchall()
+        assert written == [([later_id], 0, 1, None)]
+        assert [n.payload for n in listen.notifies(timeout=5, stop_after=1)] == [now_id]
+    assert app.AsyncResult(now_id).get(timeout=1) == 3
+    assert app.AsyncResult(later_id).state == "PENDING"
+    (row,) = db.execute(q.claim_and_due, claim).fetchall()  # nothing due: the summary alone
+    assert row[:3] == ([], 0, 0) and 55 < row[3].total_seconds() <= 60
+    assert set(row[4:]) == {None}
+
+
 def test_statements_are_short_enough_for_psycopgs_parse_cache():
     """psycopg parses a statement longer than its cache limit again at every execution (~0.1
     ms for the hot path): every statement, with the longest schema name PostgreSQL allows."""
@@ -142,7 +173,8 @@ def test_generic_plan_of_the_hot_path_writes_outcomes_by_primary_key(app, db):
                "FROM generate_series(1, 50000)")
     app.enqueue_many([add.s(i, i) for i in range(500)])
     db.execute("ANALYZE pgq.jobs")
-    plan = generic_plan(db, app.queries.complete_and_claim)
-    done = plan.split("CTE done")[1].split("CTE ")[0]
-    assert "Index Scan using jobs_pkey" in done and "Index Cond: (id = o.id)" in done, plan
-    assert "jobs_running" not in plan and "Seq Scan on jobs" not in plan, plan
+    for query in (app.queries.complete_and_claim, app.queries.complete_and_notify):
+        plan = generic_plan(db, query)
+        done = plan.split("CTE done")[1].split("CTE ")[0]
+        assert "Index Scan using jobs_pkey" in done and "Index Cond: (id = o.id)" in done, plan
+        assert "jobs_running" not in plan and "Seq Scan on jobs" not in plan, plan

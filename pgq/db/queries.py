@@ -25,9 +25,13 @@ def _raw_queries() -> dict[str, str]:
     # parts = [preamble, name1, body1, name2, body2, ...]
     raw = {name: _INDENT.sub("", _COMMENT_LINE.sub("", body)).strip()
            for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-    # `{_name}` splices the fragment `_name` in, so a statement shared by two queries (the
-    # claim's CTEs, the outcome UPDATE) is written once.
-    return {name: _FRAGMENT.sub(lambda m: raw[m.group(1)], body) for name, body in raw.items()}
+    # `{_name}` splices the fragment `_name` in (fragments may splice others), so a part
+    # shared by several queries (the claim's CTEs, the outcome UPDATE) is written once.
+
+    def spliced(body: str) -> str:
+        return _FRAGMENT.sub(lambda m: spliced(raw[m.group(1)]), body)
+
+    return {name: spliced(body) for name, body in raw.items()}
 
 
 class Queries:

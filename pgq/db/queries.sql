@@ -132,7 +132,40 @@ FROM claimed ORDER BY priority DESC, run_at, id
 -- Used for batches whose jobs start nothing after them (no link, chain or chord); `complete`
 -- and `claim` otherwise. Every commit waits for its WAL flush, claims too: a claim lost in a
 -- crash of the server would run its job a second time (docs/reliability.md).
-WITH done AS (
+WITH {_outcome_ctes}, {_claim_ctes}, summary AS (
+    SELECT {_outcome_summary},
+           -- when the claim came back short (then the worker sleeps until then)
+           CASE WHEN %(limit)s > 0 AND (SELECT count(*) FROM claimed) < %(limit)s
+                THEN ({_next_due}) END AS next_due
+)
+-- One row per claimed job, in claim order, each led by the summary; one row of summary alone
+-- when nothing was claimed. (Every CTE that NOTIFYs must be read by the final SELECT, or the
+-- planner drops it.)
+SELECT s.*, c.* FROM summary AS s LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id
+
+-- name: claim_and_due
+-- `complete_and_claim` with no outcomes to write (an idle worker woken by a NOTIFY), in the
+-- same shape. Each part a statement carries costs PostgreSQL time at every execution, even
+-- when it has no rows to work on: ~0.1 ms less than the whole (docs/performance.md, round 6).
+WITH {_claim_ctes}, summary AS (
+    SELECT '{}'::text[] AS unwritten, 0::bigint AS woken, 0::bigint AS notified,
+           CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s
+                THEN ({_next_due}) END AS next_due
+)
+SELECT s.*, c.* FROM summary AS s LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id
+
+-- name: complete_and_notify
+-- `complete_and_claim` with nothing to claim (a worker whose children are all busy, or that
+-- just ran the only job there was): the summary row alone.
+WITH {_outcome_ctes}
+SELECT {_outcome_summary}, NULL::interval AS next_due
+
+-- name: _outcome_ctes
+-- Fragment: write a batch of outcomes (`done`), NOTIFY get() waiters of the finished ids and
+-- the queues of retries due now.
+done AS (
 {_complete_outcomes}
 ), done_notified AS (
     SELECT pg_notify(%(done_channel)s, string_agg(d.id::text, ','))
@@ -142,27 +175,14 @@ WITH done AS (
 ), retries_notified AS (
     SELECT pg_notify(%(jobs_channel)s, r.queue)
     FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
-), {_claim_ctes}, summary AS (
-    SELECT (SELECT coalesce(array_agg(i::text), '{}') FROM unnest(%(ids)s::uuid[]) AS i
-            WHERE i NOT IN (SELECT id FROM done)) AS unwritten,
-           (SELECT count(*) FROM retries_notified) AS woken,
-           (SELECT count(*) FROM done_notified) AS notified,
-           -- as `next_due`, when the claim came back short (then the worker sleeps until then)
-           CASE WHEN %(limit)s > 0 AND (SELECT count(*) FROM claimed) < %(limit)s THEN (
-               SELECT min(f.run_at) - now()
-               FROM unnest(%(queues)s::text[]) AS q(name), generate_series(0, 9) AS p(priority),
-               LATERAL (
-                   SELECT run_at FROM {schema}.jobs
-                   WHERE queue = q.name AND priority = p.priority
-                     AND state IN ('PENDING', 'RETRY') AND run_at > now()
-                   ORDER BY run_at LIMIT 1
-               ) AS f) END AS next_due
 )
--- One row per claimed job, in claim order, each led by the summary; one row of summary alone
--- when nothing was claimed. (Every CTE that NOTIFYs must be read by the final SELECT, or the
--- planner drops it.)
-SELECT s.*, c.* FROM summary AS s LEFT JOIN claimed AS c ON true
-ORDER BY c.priority DESC, c.run_at, c.id
+
+-- name: _outcome_summary
+-- Fragment: the summary's first columns, after `_outcome_ctes`.
+(SELECT coalesce(array_agg(i::text), '{}') FROM unnest(%(ids)s::uuid[]) AS i
+ WHERE i NOT IN (SELECT id FROM done)) AS unwritten,
+(SELECT count(*) FROM retries_notified) AS woken,
+(SELECT count(*) FROM done_notified) AS notified
 
 -- name: _complete_outcomes
 -- Fragment (a name starting with "_" is spliced in where a query names it in braces):
@@ -309,8 +329,11 @@ SELECT name, task, coalesce(every_s::text || 's', cron) AS schedule, timezone, e
 FROM {schema}.schedules ORDER BY enabled DESC, next_run_at
 
 -- name: next_due
--- When the earliest waiting job of these queues comes due (one index probe per queue and
--- priority), as an interval from now; NULL when nothing waits.
+{_next_due}
+
+-- name: _next_due
+-- Fragment: when the earliest waiting job of these queues comes due (one index probe per
+-- queue and priority), as an interval from now; NULL when nothing waits.
 SELECT min(f.run_at) - now()
 FROM unnest(%(queues)s::text[]) AS q(name), generate_series(0, 9) AS p(priority),
 LATERAL (

@@ -311,16 +311,21 @@ class Worker:
             return
         if want:
             self.claim_uncertain = True
-        params = {**complete_params(outcomes, self.id), "queues": self.queues, "limit": want,
-                  "done_channel": q.done_channel, "jobs_channel": q.jobs_channel}
+        # The same summary and rows from each; a part with nothing to do still costs the
+        # server time, so an idle worker's claim or a busy one's write runs alone.
+        params: dict[str, Any] = {"queues": self.queues, "limit": want, "worker": self.id}
+        if outcomes:
+            params.update(complete_params(outcomes, self.id), done_channel=q.done_channel,
+                          jobs_channel=q.jobs_channel)
+        query = (q.complete_and_claim if outcomes and want else
+                 q.claim_and_due if want else q.complete_and_notify)
         self.pending = []
         self.writing = (outcomes, want)
         if self.pool.outstanding() or self.held:
-            self.sql.submit(conn, q.complete_and_claim, params)
+            self.sql.submit(conn, query, params)
             return
         try:
-            result: list[tuple[Any, ...]] | BaseException = execute(conn, q.complete_and_claim,
-                                                                     params)
+            result: list[tuple[Any, ...]] | BaseException = execute(conn, query, params)
         except psycopg.Error as exc:
             result = exc
         self._written(conn, result)
@@ -339,7 +344,7 @@ class Worker:
             if isinstance(result, BaseException):
                 raise result
             rows = result  # the summary's 4 columns, then the claim's (run_at last)
-            claim_rows = [row[4:-1] for row in rows if row[4] is not None]
+            claim_rows = [row[4:-1] for row in rows if len(row) > 4 and row[4] is not None]
             claimed = [Job(*row[:-1]) for row in claim_rows]
             if self._rate_limited(claimed):
                 # In a transaction of their own: claimed jobs were never safer than this
