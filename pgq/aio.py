@@ -293,8 +293,12 @@ async def fetch_row(result: AsyncResult) -> _Row:
 
 
 async def get(result: AsyncResult, timeout: float | None, propagate: bool) -> Any:
-    row = await wait(result.app, [result.id], timeout, lambda: fetch_row(result),
-                     await _databases(result.app, result._databases))
+    databases = await _databases(result.app, result._databases)
+
+    async def check() -> _Row:
+        return result._heard(databases) or await fetch_row(result)
+
+    row = await wait(result.app, [result.id], timeout, check, databases)
     if row.state == "SUCCESS":
         return row.value(result.app)
     # A chord's error reads its cause's row: rare, and done off the loop.

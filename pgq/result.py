@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
+import orjson
 from typing_extensions import TypeVar
 
 from pgq import payload, serialization
@@ -28,15 +29,17 @@ EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
 
 class ResultWaiter:
     """Per process: one LISTEN on the schema's `_done` channel; wakes `get()` callers whose
-    job ids appear in a notification (the completer sends ids in batches). It also keeps the
-    last RECENT ids nobody was waiting for, so that a `get()` on a job this process enqueued
-    while listening can wait without reading the job first (`heard_all_since`)."""
+    job ids appear in a notification (the completer sends ids in batches), and keeps for them
+    the small results the notification carries (`take`). It also keeps the last RECENT ids
+    nobody was waiting for, so that a `get()` on a job this process enqueued while listening
+    can wait without reading the job first (`heard_all_since`)."""
 
     RECENT = 10_000
 
     def __init__(self, dsn: str, channel: str) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[threading.Event]] = defaultdict(list)
+        self._heard: dict[str, Any] = {}  # id -> its result, parsed, for a waiting get()
         self._recent: OrderedDict[str, float] = OrderedDict()  # id -> when it was heard
         self._forgotten = 0.0  # when the newest id dropped from _recent was heard
         self.listener = Listener(dsn, [channel])
@@ -45,17 +48,42 @@ class ResultWaiter:
         self.listener.start()
 
     def _on_done(self, payload: str) -> None:
+        """Finished ids, comma-separated; from the worker's hot path, then a comma, a newline
+        and `{"id": result, ...}`: the small results of successes (queries.sql,
+        `_outcome_ctes`)."""
         now = time.monotonic()
+        ids, _, small = payload.partition(",\n")
         with self._lock:
-            for job_id in payload.split(","):
-                events = self._waiting.get(job_id)
-                if events:
-                    for event in events:
-                        event.set()
+            woken = []
+            for job_id in ids.split(","):
+                if self._waiting.get(job_id):
+                    woken.append(job_id)
                 else:
                     self._recent[job_id] = now
+            if woken and small:
+                self._keep_results(woken, small)
+            for job_id in woken:
+                for event in self._waiting[job_id]:
+                    event.set()
             while len(self._recent) > self.RECENT:
                 self._forgotten = self._recent.popitem(last=False)[1]
+
+    def _keep_results(self, job_ids: list[str], small: str) -> None:
+        try:
+            results = orjson.loads(small)
+        except orjson.JSONDecodeError:
+            return  # get() reads the row instead
+        for job_id in job_ids:
+            if job_id in results:
+                self._heard[job_id] = results[job_id]
+
+    def take(self, job_id: str) -> tuple[bool, Any]:
+        """(True, result) if a notification carried the finished job's result (SUCCESS),
+        parsed as its `result` column would be; (False, None) otherwise. Once only."""
+        with self._lock:
+            if job_id in self._heard:
+                return True, self._heard.pop(job_id)
+        return False, None
 
     def heard_all_since(self, moment: float) -> bool:
         """Every job that finishes after `moment` (time.monotonic()) is heard here: listening
@@ -88,6 +116,7 @@ class ResultWaiter:
                     events.remove(event)
                     if not events:
                         del self._waiting[job_id]
+                        self._heard.pop(job_id, None)
 
 
 class _Row:
@@ -106,6 +135,12 @@ class _Row:
          self.exc_message, self.traceback, self.date_done, self.retries, parent_id,
          self.task, _options) = row
         self.parent_id = str(parent_id) if parent_id else None
+
+    @classmethod
+    def succeeded(cls, result: Any) -> _Row:
+        row = cls(None)
+        row.state, row.result = "SUCCESS", result
+        return row
 
     @property
     def public_state(self) -> str:
@@ -275,8 +310,11 @@ class AsyncResult(Generic[R]):
             Exception: The task's own exception (same type where it can be rebuilt, else
                 `TaskError`), when `propagate`.
         """
-        row = self.app.wait_for([self.id], timeout, lambda: self._row(), self._databases(),
-                                unseen_before=self._unseen_before)
+        row = self._cache  # finished and read before
+        if row is None:
+            row = self.app.wait_for([self.id], timeout, self._heard_or_row, self._databases(),
+                                    unseen_before=self._unseen_before)
+            self._unseen_before = None  # heard: a later wait must look before it sleeps
         if row.state == "SUCCESS":
             value: R = row.value(self.app)
             return value
@@ -284,6 +322,20 @@ class AsyncResult(Generic[R]):
         if propagate:
             raise exc
         return exc
+
+    def _heard_or_row(self) -> _Row:
+        return self._heard() or self._row()
+
+    def _heard(self, databases: Sequence[str] | None = None) -> _Row | None:
+        """What the done notification carried, if it did (a small result of a SUCCESS). Not
+        cached: it has the result only (no date_done, retries, ...)."""
+        for dsn in databases or self._databases():
+            waiter = self.app._result_waiter(dsn)
+            if waiter is not None:
+                found, result = waiter.take(self.id)
+                if found:
+                    return _Row.succeeded(result)
+        return None
 
     def _exception(self, row: _Row) -> BaseException:
         exc = row.exception()

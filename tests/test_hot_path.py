@@ -8,6 +8,7 @@ import re
 import uuid
 from collections import Counter
 
+import orjson
 import psycopg
 import pytest
 from apps.basic import add, exit_hard, fail_value, record_run, too_slow
@@ -39,17 +40,26 @@ def assert_each_ran_once_unharmed(db, log, ids) -> None:
     assert rows == [("SUCCESS", 0, len(ids))]
 
 
-def test_done_notify_names_every_finished_job(app, start_worker, dsn):
+def test_done_notify_names_every_finished_job_with_its_small_result(app, start_worker, dsn):
+    """Each payload fits a NOTIFY: the ids, comma-separated (all a listener that only splits
+    at commas needs), then a JSON object of the results of 200 bytes or less."""
     with psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute("LISTEN pgq_done")
-        ids = {r.id for r in app.enqueue_many([add.s(i, i) for i in range(300)])}
+        small = {r.id: 2 * i for i, r in enumerate(app.enqueue_many(
+            [add.s(i, i) for i in range(300)]))}
+        big = {r.id for r in app.enqueue_many([add.s("x" * 250, str(i)) for i in range(30)])}
         start_worker("-c", "2")
         heard: set[str] = set()
+        carried: dict[str, object] = {}
         for note in listen.notifies(timeout=60):
-            heard.update(note.payload.split(","))
-            if ids <= heard:
+            assert len(note.payload.encode()) < 8000
+            ids, _, results = note.payload.partition(",\n")
+            heard.update(ids.split(","))
+            carried.update(orjson.loads(results) if results else {})
+            if {*small, *big} <= heard:
                 break
-    assert ids <= heard
+    assert {*small, *big} <= heard
+    assert carried == small
 
 
 def test_child_dying_mid_batch_charges_only_its_job(app, start_worker, db, tmp_path):
@@ -125,7 +135,8 @@ def test_idle_claim_and_lone_write_answer_as_the_whole_statement_does(app, db, d
             **complete_params([done, stray], worker), "done_channel": q.done_channel,
             "jobs_channel": q.jobs_channel}).fetchall()
         assert written == [([later_id], 0, 1, None)]
-        assert [n.payload for n in listen.notifies(timeout=5, stop_after=1)] == [now_id]
+        assert [n.payload for n in listen.notifies(timeout=5, stop_after=1)] == [
+            f'{now_id},\n{{ "{now_id}" : 3 }}']
     assert app.AsyncResult(now_id).get(timeout=1) == 3
     assert app.AsyncResult(later_id).state == "PENDING"
     (row,) = db.execute(q.claim_and_due, claim).fetchall()  # nothing due: the summary alone

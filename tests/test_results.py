@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -157,14 +158,42 @@ def finished(db, *results) -> bool:
 def test_get_of_a_job_enqueued_while_listening_waits_without_reading_first(app, start_worker,
                                                                           monkeypatch):
     """The process has heard every job finish since before it enqueued this one: get()
-    waits for the notification and reads the row once, when it is done."""
+    waits for the notification, which carries a small result (no read at all); a big one is
+    read once, when the job is done."""
     monkeypatch.setattr(pgq.result, "SAFETY_RECHECK_S", 60.0)  # only the notification wakes
     start_worker("-c", "1")
     assert add.delay(1, 1).get(timeout=30) == 2  # the process now listens
-    result = sleep.delay(0.5)
-    reads = reads_of(result, monkeypatch)
-    assert result.get(timeout=30) == 0.5
-    assert reads == [result.id]
+    small, big = sleep.delay(0.5), add.delay("x" * 150, "y" * 150)
+    reads = reads_of(small, monkeypatch)
+    assert small.get(timeout=30) == 0.5
+    assert big.get(timeout=30) == "x" * 150 + "y" * 150
+    assert reads == [big.id]
+    assert small.date_done is not None and reads == [big.id, small.id]  # the rest: read
+
+
+def test_get_takes_the_result_the_notification_carries(app, db):
+    """A done notification with a result in it answers get() by itself (here for a job that
+    is not in the table, so reading it would find nothing and wait on)."""
+    job_id = "01234567-89ab-cdef-0123-456789abcdef"
+    result = app.AsyncResult(job_id)
+    waiting = threading.Thread(target=lambda: found.append(result.get(timeout=30)))
+    found: list[object] = []
+    waiter = app._result_waiter(app.dsn)
+    wait_until(lambda: waiter.listener.live_since is not None, what="the LISTEN connection")
+    waiting.start()
+    wait_until(lambda: job_id in waiter._waiting, what="get() to wait")
+    db.execute("SELECT pg_notify('pgq_done', %s)", (f'{job_id},\n{{"{job_id}": [1, "a"]}}',))
+    waiting.join(30)
+    assert found == [[1, "a"]]
+    assert waiter._heard == {}
+
+
+def test_get_again_answers_at_once(app, start_worker):
+    start_worker("-c", "1")
+    result = add.delay(2, 3)
+    assert result.get(timeout=30) == 5
+    assert result.get(timeout=0.1) == 5
+    assert result.get(timeout=0.1) == 5
 
 
 def test_a_job_heard_finishing_before_anyone_waited_wakes_its_waiter_at_once(

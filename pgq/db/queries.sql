@@ -164,14 +164,19 @@ SELECT {_outcome_summary}, NULL::interval AS next_due
 
 -- name: _outcome_ctes
 -- Fragment: write a batch of outcomes (`done`), NOTIFY get() waiters of the finished ids and
--- the queues of retries due now.
+-- the queues of retries due now. Each done NOTIFY (under 8,000 bytes) names finished ids,
+-- comma-separated; after them, a comma, a newline and a JSON object of the successes'
+-- results of at most 200 bytes by id, so that get() need not read those back. (A listener
+-- that only splits at commas still finds every id.)
 done AS (
 {_complete_outcomes}
 ), done_notified AS (
-    SELECT pg_notify(%(done_channel)s, string_agg(d.id::text, ','))
-    FROM (SELECT id, (row_number() OVER () - 1) / 200 AS chunk FROM done
-          WHERE state <> 'RETRY') AS d
-    GROUP BY d.chunk
+    SELECT pg_notify(%(done_channel)s, string_agg(id::text, ',') || coalesce(
+               E',\n' || json_object_agg(id, small::json) FILTER (WHERE small IS NOT NULL), ''))
+    FROM (SELECT id, small, sum(coalesce(82 + octet_length(small), 37))
+                                OVER (ROWS UNBOUNDED PRECEDING) / 7000 AS chunk
+          FROM done WHERE state <> 'RETRY') AS d
+    GROUP BY chunk
 ), retries_notified AS (
     SELECT pg_notify(%(jobs_channel)s, r.queue)
     FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
@@ -189,7 +194,7 @@ done AS (
 -- write a batch of outcomes, for `complete` and `complete_and_claim`.
 UPDATE {schema}.jobs AS j
 SET state = o.state,
-    result = o.result,
+    result = o.result::jsonb,
     exc_type = o.exc_type,
     exc_message = o.exc_message,
     traceback = o.traceback,
@@ -204,7 +209,7 @@ SET state = o.state,
     runtime_ms = o.runtime_ms
 FROM (
     SELECT *, 'STARTED' AS started, %(worker)s::uuid AS worker
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::jsonb[],
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::text[],
                 %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
                 %(countdowns)s::float8[], %(runtimes)s::float8[])
          AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown,
@@ -217,7 +222,10 @@ FROM (
 -- jobs_running, whose entries include every job finished since the last vacuum.
 WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = o.started
   AND j.worker_id = o.worker
-RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due
+RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due,
+          -- a small result of a success, for the done NOTIFY (`_outcome_ctes`)
+          CASE WHEN o.state = 'SUCCESS' AND octet_length(o.result) <= 200 THEN o.result END
+              AS small
 
 -- name: _claim_ctes
 -- Fragment: the claim's CTEs (candidates, picked, claimed), for `claim` and
