@@ -212,8 +212,7 @@ def wait_for_done(listen: psycopg.Connection[Any], schema: str, expected: int,
         heard = False
         for note in listen.notifies(timeout=0.5):
             heard = True
-            # the ids, comma-separated; then maybe ",\n" and small results (docs/schema.md)
-            seen.update(note.payload.partition(",\n")[0].split(","))
+            seen.update(note.payload.split(","))
             if len(seen) >= expected:
                 break
         if not heard and unfinished_jobs(listen, schema) == 0:

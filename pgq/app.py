@@ -422,8 +422,8 @@ class App:
                 self._waiters, self._waiter_pid = {}, os.getpid()
             waiter = self._waiters.get(listen_dsn)
             if waiter is None:
-                waiter = self._waiters[listen_dsn] = ResultWaiter(listen_dsn,
-                                                                  self.queries.done_channel)
+                waiter = self._waiters[listen_dsn] = ResultWaiter(
+                    listen_dsn, self.queries.done_channel, self.queries.results_channel)
         return waiter
 
     def wait_for(self, job_ids: Sequence[str], timeout: float | None,

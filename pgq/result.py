@@ -29,57 +29,57 @@ EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
 
 class ResultWaiter:
     """Per process: one LISTEN on the schema's `_done` channel; wakes `get()` callers whose
-    job ids appear in a notification (the completer sends ids in batches), and keeps for them
-    the small results the notification carries (`take`). It also keeps the last RECENT ids
-    nobody was waiting for, so that a `get()` on a job this process enqueued while listening
-    can wait without reading the job first (`heard_all_since`)."""
+    job ids appear in a notification (the completer sends ids in batches). On `_results`, just
+    before, the worker's hot path sends the small results of the successes among them: kept
+    for the ids someone waits on (`take`). It also keeps the last RECENT ids nobody was
+    waiting for, so that a `get()` on a job this process enqueued while listening can wait
+    without reading the job first (`heard_all_since`)."""
 
     RECENT = 10_000
 
-    def __init__(self, dsn: str, channel: str) -> None:
+    def __init__(self, dsn: str, done_channel: str, results_channel: str) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[threading.Event]] = defaultdict(list)
         self._heard: dict[str, Any] = {}  # id -> its result, parsed, for a waiting get()
         self._recent: OrderedDict[str, float] = OrderedDict()  # id -> when it was heard
         self._forgotten = 0.0  # when the newest id dropped from _recent was heard
-        self.listener = Listener(dsn, [channel])
-        self.listener.on(channel, self._on_done)
+        self.listener = Listener(dsn, [done_channel, results_channel])
+        self.listener.on(done_channel, self._on_done)
+        self.listener.on(results_channel, self._on_results)
         self.listener.on_reconnect(self._wake_all)
         self.listener.start()
 
-    def _on_done(self, payload: str) -> None:
-        """Finished ids, comma-separated; from the worker's hot path, then a comma, a newline
-        and `{"id": result, ...}`: the small results of successes (queries.sql,
-        `_outcome_ctes`)."""
-        now = time.monotonic()
-        ids, _, small = payload.partition(",\n")
+    def _on_results(self, payload: str) -> None:
+        """`{"id": result, ...}` (queries.sql, `_outcome_ctes`), parsed only while someone
+        waits."""
+        if not self._waiting:
+            return
+        try:
+            results = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return  # get() reads the row instead
         with self._lock:
-            woken = []
-            for job_id in ids.split(","):
+            for job_id, result in results.items():
                 if self._waiting.get(job_id):
-                    woken.append(job_id)
+                    self._heard[job_id] = result
+
+    def _on_done(self, payload: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for job_id in payload.split(","):
+                events = self._waiting.get(job_id)
+                if events:
+                    for event in events:
+                        event.set()
                 else:
                     self._recent[job_id] = now
-            if woken and small:
-                self._keep_results(woken, small)
-            for job_id in woken:
-                for event in self._waiting[job_id]:
-                    event.set()
             while len(self._recent) > self.RECENT:
                 self._forgotten = self._recent.popitem(last=False)[1]
 
-    def _keep_results(self, job_ids: list[str], small: str) -> None:
-        try:
-            results = orjson.loads(small)
-        except orjson.JSONDecodeError:
-            return  # get() reads the row instead
-        for job_id in job_ids:
-            if job_id in results:
-                self._heard[job_id] = results[job_id]
-
     def take(self, job_id: str) -> tuple[bool, Any]:
-        """(True, result) if a notification carried the finished job's result (SUCCESS),
-        parsed as its `result` column would be; (False, None) otherwise. Once only."""
+        """(True, result) if the results channel carried the finished job's result
+        (SUCCESS), parsed as its `result` column would be; (False, None) otherwise. Once
+        only."""
         with self._lock:
             if job_id in self._heard:
                 return True, self._heard.pop(job_id)

@@ -40,11 +40,12 @@ def assert_each_ran_once_unharmed(db, log, ids) -> None:
     assert rows == [("SUCCESS", 0, len(ids))]
 
 
-def test_done_notify_names_every_finished_job_with_its_small_result(app, start_worker, dsn):
-    """Each payload fits a NOTIFY: the ids, comma-separated (all a listener that only splits
-    at commas needs), then a JSON object of the results of 200 bytes or less."""
+def test_done_notify_names_every_finished_job_after_its_small_result(app, start_worker, dsn):
+    """Per chunk of finished jobs, each payload under 8,000 bytes: on `_results` a JSON object
+    of the results of 200 bytes or less, then on `_done` the ids, comma-separated."""
     with psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute("LISTEN pgq_done")
+        listen.execute("LISTEN pgq_results")
         small = {r.id: 2 * i for i, r in enumerate(app.enqueue_many(
             [add.s(i, i) for i in range(300)]))}
         big = {r.id for r in app.enqueue_many([add.s("x" * 250, str(i)) for i in range(30)])}
@@ -53,12 +54,15 @@ def test_done_notify_names_every_finished_job_with_its_small_result(app, start_w
         carried: dict[str, object] = {}
         for note in listen.notifies(timeout=60):
             assert len(note.payload.encode()) < 8000
-            ids, _, results = note.payload.partition(",\n")
-            heard.update(ids.split(","))
-            carried.update(orjson.loads(results) if results else {})
+            if note.channel == "pgq_results":
+                results = orjson.loads(note.payload)
+                assert not set(results) & heard  # before the ids
+                carried.update(results)
+            else:
+                heard.update(note.payload.split(","))
             if {*small, *big} <= heard:
                 break
-    assert {*small, *big} <= heard
+    assert heard == {*small, *big}
     assert carried == small
 
 
@@ -131,12 +135,13 @@ def test_idle_claim_and_lone_write_answer_as_the_whole_statement_does(app, db, d
     stray = Outcome(later_id, 1, "SUCCESS", "7")  # not held by this worker: not written
     with psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute(f"LISTEN {q.done_channel}")
+        listen.execute(f"LISTEN {q.results_channel}")
         written = db.execute(q.complete_and_notify, {
             **complete_params([done, stray], worker), "done_channel": q.done_channel,
-            "jobs_channel": q.jobs_channel}).fetchall()
+            "results_channel": q.results_channel, "jobs_channel": q.jobs_channel}).fetchall()
         assert written == [([later_id], 0, 1, None)]
-        assert [n.payload for n in listen.notifies(timeout=5, stop_after=1)] == [
-            f'{now_id},\n{{ "{now_id}" : 3 }}']
+        notes = [(n.channel, n.payload) for n in listen.notifies(timeout=5, stop_after=2)]
+        assert notes == [(q.results_channel, f'{{ "{now_id}" : 3 }}'), (q.done_channel, now_id)]
     assert app.AsyncResult(now_id).get(timeout=1) == 3
     assert app.AsyncResult(later_id).state == "PENDING"
     (row,) = db.execute(q.claim_and_due, claim).fetchall()  # nothing due: the summary alone
@@ -146,13 +151,15 @@ def test_idle_claim_and_lone_write_answer_as_the_whole_statement_does(app, db, d
 
 def test_statements_are_short_enough_for_psycopgs_parse_cache():
     """psycopg parses a statement longer than its cache limit again at every execution (~0.1
-    ms for the hot path): every statement, with the longest schema name PostgreSQL allows."""
+    ms for the hot path): every statement, with the longest schema name pgq allows."""
     from psycopg import _queries
 
     from pgq.db.queries import MAX_STATEMENT_BYTES, queries_for
 
     assert MAX_STATEMENT_BYTES <= _queries.MAX_CACHED_STATEMENT_LENGTH
-    statements = queries_for("s" * 63)._sql
+    with pytest.raises(pgq.ConfigurationError):
+        pgq.App("long", schema="s" * 50)
+    statements = queries_for("s" * 49)._sql
     too_long = {name: len(text.encode()) for name, text in statements.items()
                 if len(text.encode()) > MAX_STATEMENT_BYTES}
     assert not too_long

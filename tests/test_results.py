@@ -172,8 +172,8 @@ def test_get_of_a_job_enqueued_while_listening_waits_without_reading_first(app, 
 
 
 def test_get_takes_the_result_the_notification_carries(app, db):
-    """A done notification with a result in it answers get() by itself (here for a job that
-    is not in the table, so reading it would find nothing and wait on)."""
+    """A result on the results channel, then the id on the done channel, answer get() by
+    themselves (here for a job that is not in the table: reading it would find nothing)."""
     job_id = "01234567-89ab-cdef-0123-456789abcdef"
     result = app.AsyncResult(job_id)
     waiting = threading.Thread(target=lambda: found.append(result.get(timeout=30)))
@@ -182,7 +182,8 @@ def test_get_takes_the_result_the_notification_carries(app, db):
     wait_until(lambda: waiter.listener.live_since is not None, what="the LISTEN connection")
     waiting.start()
     wait_until(lambda: job_id in waiter._waiting, what="get() to wait")
-    db.execute("SELECT pg_notify('pgq_done', %s)", (f'{job_id},\n{{"{job_id}": [1, "a"]}}',))
+    db.execute("SELECT pg_notify('pgq_results', %s), pg_notify('pgq_done', %s)",
+               (f'{{"{job_id}": [1, "a"]}}', job_id))
     waiting.join(30)
     assert found == [[1, "a"]]
     assert waiter._heard == {}

@@ -43,6 +43,7 @@ class Queries:
         self._sql = {name: body.replace("{schema}", ident) for name, body in _raw_queries().items()}
         self.jobs_channel = f"{schema}_jobs"
         self.done_channel = f"{schema}_done"
+        self.results_channel = f"{schema}_results"
         self.control_channel = f"{schema}_control"
         self.events_channel = f"{schema}_events"
 

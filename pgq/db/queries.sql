@@ -135,7 +135,7 @@ FROM claimed ORDER BY priority DESC, run_at, id
 WITH {_outcome_ctes}, {_claim_ctes}, summary AS (
     SELECT {_outcome_summary},
            -- when the claim came back short (then the worker sleeps until then)
-           CASE WHEN %(limit)s > 0 AND (SELECT count(*) FROM claimed) < %(limit)s
+           CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s
                 THEN ({_next_due}) END AS next_due
 )
 -- One row per claimed job, in claim order, each led by the summary; one row of summary alone
@@ -164,19 +164,21 @@ SELECT {_outcome_summary}, NULL::interval AS next_due
 
 -- name: _outcome_ctes
 -- Fragment: write a batch of outcomes (`done`), NOTIFY get() waiters of the finished ids and
--- the queues of retries due now. Each done NOTIFY (under 8,000 bytes) names finished ids,
--- comma-separated; after them, a comma, a newline and a JSON object of the successes'
--- results of at most 200 bytes by id, so that get() need not read those back. (A listener
--- that only splits at commas still finds every id.)
+-- the queues of retries due now. Per chunk of finished jobs (each payload under 8,000
+-- bytes): first, on the results channel, a JSON object of the results of 200 bytes or less
+-- of the successes, by id; then, on the done channel, the ids, comma-separated. Sent in that
+-- order, so a get() woken by its id has the result already, and need not read it back.
 done AS (
 {_complete_outcomes}
 ), done_notified AS (
-    SELECT pg_notify(%(done_channel)s, string_agg(id::text, ',') || coalesce(
-               E',\n' || json_object_agg(id, small::json) FILTER (WHERE small IS NOT NULL), ''))
-    FROM (SELECT id, small, sum(coalesce(82 + octet_length(small), 37))
-                                OVER (ROWS UNBOUNDED PRECEDING) / 7000 AS chunk
-          FROM done WHERE state <> 'RETRY') AS d
-    GROUP BY chunk
+    SELECT CASE WHEN results > '' THEN pg_notify(%(results_channel)s, results) END,
+           pg_notify(%(done_channel)s, ids)
+    FROM (SELECT string_agg(id::text, ',') AS ids, json_object_agg(id, small::json)
+                 FILTER (WHERE small IS NOT NULL)::text AS results
+          FROM (SELECT id, small, sum(coalesce(82 + octet_length(small), 37))
+                                      OVER (ROWS UNBOUNDED PRECEDING) / 7000 AS chunk
+                FROM done WHERE state <> 'RETRY') AS d
+          GROUP BY chunk) AS c
 ), retries_notified AS (
     SELECT pg_notify(%(jobs_channel)s, r.queue)
     FROM (SELECT DISTINCT queue FROM done WHERE state = 'RETRY' AND due) AS r
@@ -263,7 +265,7 @@ candidates AS (
     -- `= ANY` lets the planner fetch the picked rows by primary key: joined to `picked` alone
     -- it may read the whole table to hash it.
     WHERE j.id = picked.id AND j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.id::text AS id, j.task, j.state, j.args::text, j.kwargs::text,
+    RETURNING j.id::text, j.task, j.state, j.args::text, j.kwargs::text,
               j.options::text, j.queue, j.priority, j.eta, j.retries, j.attempts,
               j.root_id::text, j.parent_id::text, j.group_id::text, j.content_type,
               j.compression, j.payload, j.signature, picked.rate_reserved, j.run_at

@@ -340,7 +340,7 @@ class Worker:
         params: dict[str, Any] = {"queues": self.queues, "limit": want, "worker": self.id}
         if outcomes:
             params.update(complete_params(outcomes, self.id), done_channel=q.done_channel,
-                          jobs_channel=q.jobs_channel)
+                          results_channel=q.results_channel, jobs_channel=q.jobs_channel)
         query = (q.complete_and_claim if outcomes and want else
                  q.claim_and_due if want else q.complete_and_notify)
         self.pending = []
