@@ -327,8 +327,8 @@ class AsyncResult(Generic[R]):
         return self._heard() or self._row()
 
     def _heard(self, databases: Sequence[str] | None = None) -> _Row | None:
-        """What the done notification carried, if it did (a small result of a SUCCESS). Not
-        cached: it has the result only (no date_done, retries, ...)."""
+        """The result the results channel carried, if it did (a small one, of a SUCCESS).
+        Not cached: it has the result only (no date_done, retries, ...)."""
         for dsn in databases or self._databases():
             waiter = self.app._result_waiter(dsn)
             if waiter is not None:
