@@ -260,12 +260,8 @@ def _insert_new(app: App, row: JobRow, route: bool) -> str:
     """The `delay()` path: one new job, one statement on a pooled connection. The same
     statement `insert_plan` would run, without its machinery (~15 us a call)."""
     dsn = routing.database_of(app, [row]) if route else None
-    pool = app.pool_for(dsn or app.dsn)
-    conn = pool.getconn()
-    try:
+    with app.pool_for(dsn or app.dsn).connection() as conn:
         conn.execute(*_new_statement(app, row))
-    finally:
-        pool.putconn(conn)
     return row.id
 
 

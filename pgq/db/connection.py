@@ -84,21 +84,15 @@ class ProducerPool:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        conn = self.getconn()
+        # getconn/putconn rather than the pool's own context manager, which also enters the
+        # connection's (a commit call, a no-op in autocommit): ~10 us off every delay().
+        # putconn still rolls back a transaction left open and replaces a broken connection.
+        pool = self._get()
+        conn = pool.getconn()
         try:
             yield conn
         finally:
-            self.putconn(conn)
-
-    # getconn/putconn rather than the pool's own context manager, which also enters the
-    # connection's (a commit call, a no-op in autocommit): ~10 us off every delay().
-    # putconn still rolls back a transaction left open and replaces a broken connection.
-    def getconn(self) -> psycopg.Connection[Any]:
-        """A connection for `putconn` to give back (`connection()` does both)."""
-        return self._get().getconn()
-
-    def putconn(self, conn: psycopg.Connection[Any]) -> None:
-        self._get().putconn(conn)
+            pool.putconn(conn)
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
