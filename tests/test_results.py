@@ -240,8 +240,8 @@ def test_get_reads_first_after_the_listener_reconnected(app, start_worker, db, m
     result = add.delay(2, 2)
     waiter = app._result_waiter(app.dsn)
     before = waiter.listener.live_since
-    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()")
+    # This process's LISTEN connection only: other xdist processes listen on the same server.
+    db.execute("SELECT pg_terminate_backend(%s)", (waiter.listener._conn.info.backend_pid,))
     wait_until(lambda: (waiter.listener.live_since or 0) > before, timeout=30,
                what="the LISTEN connection to come back")
     assert not waiter.heard_all_since(result._unseen_before)
