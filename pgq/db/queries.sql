@@ -133,16 +133,10 @@ FROM claimed ORDER BY priority DESC, run_at, id
 -- and `claim` otherwise. Every commit waits for its WAL flush, claims too: a claim lost in a
 -- crash of the server would run its job a second time (docs/reliability.md).
 WITH {_outcome_ctes}, {_claim_ctes}, summary AS (
-    SELECT {_outcome_summary},
-           -- when the claim came back short (then the worker sleeps until then)
-           CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s
-                THEN ({_next_due}) END AS next_due
+    SELECT {_outcome_summary}, {_due_if_short}
 )
--- One row per claimed job, in claim order, each led by the summary; one row of summary alone
--- when nothing was claimed. (Every CTE that NOTIFYs must be read by the final SELECT, or the
--- planner drops it.)
-SELECT s.*, c.* FROM summary AS s LEFT JOIN claimed AS c ON true
-ORDER BY c.priority DESC, c.run_at, c.id
+-- (Every CTE that NOTIFYs must be read by the final SELECT, or the planner drops it.)
+{_summary_and_claimed}
 
 -- name: claim_and_due
 -- `complete_and_claim` with no outcomes to write (an idle worker woken by a NOTIFY), in the
@@ -150,9 +144,18 @@ ORDER BY c.priority DESC, c.run_at, c.id
 -- when it has no rows to work on: ~0.1 ms less than the whole (docs/performance.md, round 6).
 WITH {_claim_ctes}, summary AS (
     SELECT '{}'::text[] AS unwritten, 0::bigint AS woken, 0::bigint AS notified,
-           CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s
-                THEN ({_next_due}) END AS next_due
+           {_due_if_short}
 )
+{_summary_and_claimed}
+
+-- name: _due_if_short
+-- Fragment: the summary's `next_due`, when the claim came back short (then the worker sleeps
+-- until then).
+CASE WHEN (SELECT count(*) FROM claimed) < %(limit)s THEN ({_next_due}) END AS next_due
+
+-- name: _summary_and_claimed
+-- Fragment: one row per claimed job, in claim order, each led by the summary; one row of
+-- summary alone when nothing was claimed.
 SELECT s.*, c.* FROM summary AS s LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id
 
@@ -193,7 +196,7 @@ done AS (
 
 -- name: _complete_outcomes
 -- Fragment (a name starting with "_" is spliced in where a query names it in braces):
--- write a batch of outcomes, for `complete` and `complete_and_claim`.
+-- write a batch of outcomes, for `complete` and `_outcome_ctes`.
 UPDATE {schema}.jobs AS j
 SET state = o.state,
     result = o.result::jsonb,
@@ -225,13 +228,13 @@ FROM (
 WHERE j.id = o.id AND j.attempts = o.attempts AND j.state = o.started
   AND j.worker_id = o.worker
 RETURNING j.id, j.state, j.queue, j.run_at <= now() AS due,
-          -- a small result of a success, for the done NOTIFY (`_outcome_ctes`)
+          -- a small result of a success, for the results NOTIFY (`_outcome_ctes`)
           CASE WHEN o.state = 'SUCCESS' AND octet_length(o.result) <= 200 THEN o.result END
               AS small
 
 -- name: _claim_ctes
--- Fragment: the claim's CTEs (candidates, picked, claimed), for `claim` and
--- `complete_and_claim`.
+-- Fragment: the claim's CTEs (candidates, picked, claimed), for `claim`,
+-- `complete_and_claim` and `claim_and_due`.
 candidates AS (
     SELECT c.id, c.priority, c.run_at, c.rate_reserved
     FROM generate_series(9, 0, -1) AS p(priority),
