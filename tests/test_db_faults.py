@@ -155,3 +155,20 @@ def test_outage_longer_than_lost_timeout_reruns_nothing(server, fapp, start_work
     wait_until(lambda: all_succeeded(server, 4), timeout=60, what="every job to succeed")
     counts = run_counts(log)
     assert set(counts) == set(ids) and max(counts.values()) == 1, counts
+
+
+def test_worker_started_before_the_database_waits_for_it(server, fapp, start_worker, tmp_path):
+    """A worker started while PostgreSQL is down (restarting, or not up yet beside it) says so
+    and retries instead of exiting; once the server is up it works."""
+    server.stop()
+    try:
+        worker = start_worker("-c", "1", on_dsn=server.dsn, ready=False)
+        wait_until(lambda: "database not reachable at start" in worker.output(), timeout=30,
+                   what="the worker to say it waits for the database")
+        assert worker.proc.poll() is None, worker.output()
+    finally:
+        server.start()
+    log = tmp_path / "runs"
+    enqueue_load(fapp, log, 2)
+    wait_until(lambda: all_succeeded(server, 2), timeout=30, what="jobs after the server came")
+    assert worker.proc.poll() is None

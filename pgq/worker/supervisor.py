@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgq import signals
-from pgq.db.connection import execute, first_line
+from pgq.db.connection import DatabaseUnavailable, execute, first_line
 from pgq.db.listener import Listener
 from pgq.task import rate_interval
 from pgq.worker.autoscale import Autoscaler, initial_size
@@ -251,6 +251,34 @@ class Worker:
         except Exception as exc:
             self._db_failed(exc)
             return None
+
+    STARTUP_RETRY_S = 60.0
+
+    def _first_connection(self) -> psycopg.Connection[Any] | None:
+        """Connect and register. A database that is restarting, or not up yet (a worker
+        started beside it), is waited for with backoff, said at each try, for up to
+        STARTUP_RETRY_S; then the error stands. None: a signal stopped the wait."""
+        deadline = time.monotonic() + self.STARTUP_RETRY_S
+        delay = 0.1
+        while True:
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                conn = self.app.connect()
+                self._register(conn)
+                return conn
+            except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+                if conn is not None:
+                    conn.close()
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database not reachable at start (%s); retrying in %.1fs",
+                            first_line(exc), delay)
+            stop = time.monotonic() + delay
+            while not (self.stopping or self.cold) and time.monotonic() < stop:
+                time.sleep(0.05)
+            if self.stopping or self.cold:
+                return None
+            delay = min(delay * 2, 5.0)
 
     def _adopt(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         """Make `conn` the connection that claims and completes."""
@@ -581,8 +609,11 @@ class Worker:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         signals.worker_init.send(sender=self)
-        conn = self.app.connect()
-        self._register(conn)
+        conn = self._first_connection()
+        if conn is None:  # stopped by a signal before the database came
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            return 0
         self._adopt(conn)  # the first claim need not wait for a second connection
         if self.metrics_port:
             self.metrics = serve_metrics(self.metrics_port, self.id)
