@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import builtins
 import datetime as dt
+import math
 import pickle
 import sys
 import uuid
@@ -26,6 +27,9 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _tag(obj: Any, path: str) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise EncodeError(f"cannot encode {path}: {obj} is not a JSON number (send it as a "
+                          "str, or as None)")
     if isinstance(obj, _SCALARS):
         return obj
     if isinstance(obj, dict):
@@ -81,14 +85,17 @@ def _untag(obj: Any) -> Any:
     return obj
 
 
-_PLAIN = frozenset({str, int, float, bool, type(None)})
+_PLAIN = frozenset({str, int, bool, type(None)})  # float: checked by _tag (inf, nan)
 
 
 def dumps(obj: Any, what: str = "value") -> str:
     """Encode `obj` as JSON text; raise `EncodeError` naming the offending part."""
-    if type(obj) in (list, tuple) and all(type(item) in _PLAIN for item in obj):
-        return orjson.dumps(obj).decode()  # the common case: nothing to tag or check
-    return orjson.dumps(_tag(obj, what)).decode()
+    try:
+        if type(obj) in (list, tuple) and all(type(item) in _PLAIN for item in obj):
+            return orjson.dumps(obj).decode()  # the common case: nothing to tag or check
+        return orjson.dumps(_tag(obj, what)).decode()
+    except orjson.JSONEncodeError as exc:  # say, a str with a lone surrogate
+        raise EncodeError(f"cannot encode {what} as JSON: {exc}") from exc
 
 
 def loads(data: str | bytes | None) -> Any:

@@ -191,6 +191,24 @@ def test_unstorable_result_fails_the_job_not_the_worker(app, start_worker):
     assert add.delay(1, 1).get(timeout=10) == 2
 
 
+def test_text_and_countdowns_postgresql_cannot_take_fail_their_jobs_clearly(app, start_worker):
+    """An exception message PostgreSQL cannot store (a lone surrogate, a NUL) is kept escaped;
+    a retry countdown it cannot take fails the job with the reason. Before, the first killed
+    the child running it and the second failed the job as 'cannot be stored'."""
+    from apps.basic import raises_unstorable_text, retries_in
+
+    start_worker("-c", "1")
+    text, never, soon = (raises_unstorable_text.delay(), retries_in.delay("inf"),
+                         retries_in.delay("soon"))
+    with pytest.raises(ValueError, match=r"half a character: \\ud800, a NUL: \\x00"):
+        text.get(timeout=10)
+    with pytest.raises(ValueError, match="cannot retry in inf seconds"):
+        never.get(timeout=10)
+    with pytest.raises(ValueError, match="could not convert string to float: 'soon'"):
+        soon.get(timeout=10)
+    assert add.delay(1, 1).get(timeout=10) == 2
+
+
 def test_job_that_keeps_killing_its_worker_runs_out_of_retries(app, start_worker):
     from apps.basic import kill_my_worker
 

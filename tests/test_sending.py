@@ -139,7 +139,8 @@ def test_unique_task_keys_on_arguments(app, db, start_worker):
 # --- bad input: a clear error, nothing written --------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [object(), {1: "int key"}, {"s": {1, 2}}, b"bytes"])
+@pytest.mark.parametrize("bad", [object(), {1: "int key"}, {"s": {1, 2}}, b"bytes",
+                                 float("inf"), [1.5, float("nan")], "\ud800", {"x": 2**64}])
 def test_unencodable_arguments_raise_encode_error(app, db, bad):
     with pytest.raises(pgq.EncodeError) as info:
         echo.delay(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import signal
 import threading
 import time
@@ -75,24 +76,44 @@ def job_options(job: Job) -> dict[str, Any]:
 
 def failure(job: Job, exc: BaseException, runtime_ms: float = 0.0,
             with_traceback: bool = True) -> Outcome:
-    trace = "".join(tb.format_exception(exc)) if with_traceback else None
+    trace = _storable_text("".join(tb.format_exception(exc))) if with_traceback else None
     return Outcome(job.id, job.attempts, "FAILURE", _exc_args(exc),
-                   serialization.exception_type_name(exc), str(exc), trace, 0.0, runtime_ms)
+                   serialization.exception_type_name(exc), _storable_text(str(exc)), trace,
+                   0.0, runtime_ms)
 
 
 def retry(job: Job, exc: BaseException | None, countdown: float,
           runtime_ms: float = 0.0) -> Outcome:
+    if not math.isfinite(countdown):
+        return failure(job, ValueError(
+            f"cannot retry in {countdown} seconds: give retry() a finite countdown or an eta"),
+            runtime_ms, with_traceback=False)
     if exc is None:
         return Outcome(job.id, job.attempts, "RETRY", None, None, None, None, countdown,
                        runtime_ms)
     return Outcome(job.id, job.attempts, "RETRY", _exc_args(exc),
-                   serialization.exception_type_name(exc), str(exc),
-                   "".join(tb.format_exception(exc)), countdown, runtime_ms)
+                   serialization.exception_type_name(exc), _storable_text(str(exc)),
+                   _storable_text("".join(tb.format_exception(exc))), countdown, runtime_ms)
+
+
+def _storable_text(text: str) -> str:
+    """An exception's message or traceback as PostgreSQL text can hold it: NUL characters and
+    lone surrogates (PostgreSQL and UTF-8 refuse both) escaped as Python writes them."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def _exc_args(exc: BaseException) -> str | None:
     args = serialization.exception_args(exc)
-    return None if args is None else serialization.dumps(args)
+    try:
+        return None if args is None else serialization.dumps(args)
+    except EncodeError:  # rebuilt from its message instead
+        return None
 
 
 def max_retries_for(task: Task | None, options: dict[str, Any]) -> int | None:
@@ -209,8 +230,11 @@ def _run(app: App, policy: payload.WorkerPolicy, task: Task, job: Job, request: 
         return Outcome(job.id, job.attempts, "SUCCESS", encoded, runtime_ms=runtime_ms), value
     except Retry as signal_retry:
         runtime_ms = (time.perf_counter() - started) * 1000
-        return retry(job, signal_retry.exc, _countdown(signal_retry.when), runtime_ms), \
-            signal_retry
+        try:
+            countdown = _countdown(signal_retry.when)
+        except (TypeError, ValueError) as exc:
+            return failure(job, exc, runtime_ms), exc
+        return retry(job, signal_retry.exc, countdown, runtime_ms), signal_retry
     except EncodeError as exc:
         return failure(job, exc, (time.perf_counter() - started) * 1000), exc
     except Exception as exc:

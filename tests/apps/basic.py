@@ -226,3 +226,13 @@ def yaml_echo(*args: Any, **kwargs: Any) -> Any:
 @app.task(compression="bzip2")
 def measure(text: str) -> int:
     return len(text)
+
+
+@app.task
+def raises_unstorable_text() -> None:
+    raise ValueError("half a character: \ud800, a NUL: \x00")
+
+
+@app.task(bind=True)
+def retries_in(self: Any, countdown: Any) -> None:
+    raise self.retry(countdown=countdown)
