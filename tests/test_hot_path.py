@@ -193,6 +193,6 @@ def test_generic_plan_of_the_hot_path_writes_outcomes_by_primary_key(app, db):
     db.execute("ANALYZE pgq.jobs")
     for query in (app.queries.complete_and_claim, app.queries.complete_and_notify):
         plan = generic_plan(db, query)
-        done = plan.split("CTE done")[1].split("CTE ")[0]
+        done = plan.split("CTE done\n")[1].split("CTE done_notified")[0]
         assert "Index Scan using jobs_pkey" in done and "Index Cond: (id = o.id)" in done, plan
         assert "jobs_running" not in plan and "Seq Scan on jobs" not in plan, plan

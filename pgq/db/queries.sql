@@ -120,6 +120,7 @@ FROM claimed ORDER BY priority DESC, run_at, id
 -- name: complete
 -- One statement for a whole batch of outcomes. The guard (still STARTED, still this worker,
 -- still this attempt) makes a late ack from a worker whose jobs were rescued a no-op.
+WITH {_outcomes}
 {_complete_outcomes}
 
 -- name: complete_and_claim
@@ -171,7 +172,7 @@ SELECT {_outcome_summary}, NULL::interval AS next_due
 -- bytes): first, on the results channel, a JSON object of the results of 200 bytes or less
 -- of the successes, by id; then, on the done channel, the ids, comma-separated. Sent in that
 -- order, so a get() woken by its id has the result already, and need not read it back.
-done AS (
+{_outcomes}, done AS (
 {_complete_outcomes}
 ), done_notified AS (
     SELECT CASE WHEN results > '' THEN pg_notify(%(results_channel)s, results) END,
@@ -189,14 +190,30 @@ done AS (
 
 -- name: _outcome_summary
 -- Fragment: the summary's first columns, after `_outcome_ctes`.
-(SELECT coalesce(array_agg(i::text), '{}') FROM unnest(%(ids)s::uuid[]) AS i
- WHERE i NOT IN (SELECT id FROM done)) AS unwritten,
+(SELECT coalesce(array_agg(id::text), '{}') FROM outcomes
+ WHERE id NOT IN (SELECT id FROM done)) AS unwritten,
 (SELECT count(*) FROM retries_notified) AS woken,
 (SELECT count(*) FROM done_notified) AS notified
 
+-- name: _outcomes
+-- Fragment (a name starting with "_" is spliced in where a query names it in braces): the CTE
+-- `outcomes`, a batch of outcomes sent as one JSON array of rows [id, attempts, state, result,
+-- exc_type, exc_message, traceback, countdown, runtime_ms] (pgq/worker/completer.py). One
+-- orjson call builds it, where nine array parameters cost the worker ~6 µs per outcome to
+-- send, and as jsonb PostgreSQL reads it as fast as it read the arrays; `json` would cost it
+-- ~4 µs more, each ->> parsing the row again (docs/performance.md, round 8). Through an
+-- array, as the planner takes unnest() of one for ~10 rows but jsonb_array_elements() for
+-- 100, and for 100 it scans a small `jobs` whole instead of probing its primary key per
+-- outcome.
+outcomes AS (
+    SELECT (e->>0)::uuid AS id, (e->>1)::int AS attempts, e->>2 AS state, e->>3 AS result,
+           e->>4 AS exc_type, e->>5 AS exc_message, e->>6 AS traceback,
+           (e->>7)::float8 AS countdown, (e->>8)::float8 AS runtime_ms
+    FROM unnest(ARRAY(SELECT jsonb_array_elements(%(outcomes)s::jsonb))) AS e
+)
+
 -- name: _complete_outcomes
--- Fragment (a name starting with "_" is spliced in where a query names it in braces):
--- write a batch of outcomes, for `complete` and `_outcome_ctes`.
+-- Fragment: write the batch `outcomes` (`_outcomes`), for `complete` and `_outcome_ctes`.
 UPDATE {schema}.jobs AS j
 SET state = o.state,
     result = o.result::jsonb,
@@ -212,15 +229,7 @@ SET state = o.state,
     last_retry_at = CASE WHEN o.state = 'RETRY' THEN now() ELSE j.last_retry_at END,
     finished_at = CASE WHEN o.state = 'RETRY' THEN NULL ELSE now() END,
     runtime_ms = o.runtime_ms
-FROM (
-    SELECT *, 'STARTED' AS started, %(worker)s::uuid AS worker
-    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::text[], %(results)s::text[],
-                %(exc_types)s::text[], %(exc_messages)s::text[], %(tracebacks)s::text[],
-                %(countdowns)s::float8[], %(runtimes)s::float8[])
-         AS o(id, attempts, state, result, exc_type, exc_message, traceback, countdown,
-              runtime_ms)
-    OFFSET 0
-) AS o
+FROM (SELECT *, 'STARTED' AS started, %(worker)s::uuid AS worker FROM outcomes OFFSET 0) AS o
 -- One primary key probe per outcome. The guard's values come from `o`, behind OFFSET 0 (which
 -- keeps the planner from folding them into filters on `jobs`): as filters they made `jobs`
 -- look like one row, and plans scanned jobs first, then the outcomes once per job, or walked

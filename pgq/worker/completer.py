@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from pgq import enqueue, security, serialization, workflow
 from pgq.db.connection import execute
 from pgq.errors import PgqError
@@ -24,18 +26,10 @@ CHORD_ERROR = "pgq.errors.ChordError"
 
 
 def complete_params(outcomes: Sequence[Outcome], worker_id: str) -> dict[str, Any]:
-    return {
-        "ids": [o.id for o in outcomes],
-        "attempts": [o.attempts for o in outcomes],
-        "states": [o.state for o in outcomes],
-        "results": [o.result for o in outcomes],
-        "exc_types": [o.exc_type for o in outcomes],
-        "exc_messages": [o.exc_message for o in outcomes],
-        "tracebacks": [o.traceback for o in outcomes],
-        "countdowns": [o.countdown for o in outcomes],
-        "runtimes": [o.runtime_ms for o in outcomes],
-        "worker": worker_id,
-    }
+    """The parameters of `_complete_outcomes` (queries.sql): the batch as one JSON array of
+    rows, in Outcome's field order."""
+    rows = orjson.dumps([tuple(outcome) for outcome in outcomes]).decode()
+    return {"outcomes": rows, "worker": worker_id}
 
 
 def done_payloads(job_ids: Iterable[str]) -> list[str]:
