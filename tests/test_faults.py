@@ -198,14 +198,16 @@ def test_text_and_countdowns_postgresql_cannot_take_fail_their_jobs_clearly(app,
     from apps.basic import raises_unstorable_text, retries_in
 
     start_worker("-c", "1")
-    text, never, soon = (raises_unstorable_text.delay(), retries_in.delay("inf"),
-                         retries_in.delay("soon"))
+    text, never, soon, nan = (raises_unstorable_text.delay(), retries_in.delay("inf"),
+                              retries_in.delay("soon"), retries_in.delay("nan"))
     with pytest.raises(ValueError, match=r"half a character: \\ud800, a NUL: \\x00"):
         text.get(timeout=10)
     with pytest.raises(ValueError, match="cannot retry in inf seconds"):
         never.get(timeout=10)
     with pytest.raises(ValueError, match="could not convert string to float: 'soon'"):
         soon.get(timeout=10)
+    with pytest.raises(ValueError, match="cannot retry in nan seconds"):
+        nan.get(timeout=10)
     assert add.delay(1, 1).get(timeout=10) == 2
 
 

@@ -321,4 +321,5 @@ def _countdown(when: Any) -> float:
     if isinstance(when, datetime):
         moment = when if when.tzinfo else when.replace(tzinfo=UTC)
         return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-    return max(0.0, float(when or 0))
+    seconds = float(when or 0)
+    return 0.0 if seconds < 0 else seconds  # nan and inf pass, for retry() to refuse
