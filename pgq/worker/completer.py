@@ -26,7 +26,7 @@ CHORD_ERROR = "pgq.errors.ChordError"
 
 
 def complete_params(outcomes: Sequence[Outcome], worker_id: str) -> dict[str, Any]:
-    """The parameters of `_complete_outcomes` (queries.sql): the batch as one JSON array of
+    """The parameters of `_outcomes` (queries.sql): the batch as one JSON array of
     rows, in Outcome's field order."""
     rows = orjson.dumps([tuple(outcome) for outcome in outcomes]).decode()
     return {"outcomes": rows, "worker": worker_id}
