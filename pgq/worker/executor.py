@@ -76,9 +76,7 @@ def job_options(job: Job) -> dict[str, Any]:
 
 def failure(job: Job, exc: BaseException, runtime_ms: float = 0.0,
             with_traceback: bool = True) -> Outcome:
-    trace = _storable_text("".join(tb.format_exception(exc))) if with_traceback else None
-    return Outcome(job.id, job.attempts, "FAILURE", _exc_args(exc),
-                   serialization.exception_type_name(exc), _storable_text(str(exc)), trace,
+    return Outcome(job.id, job.attempts, "FAILURE", *_exception_fields(exc, with_traceback),
                    0.0, runtime_ms)
 
 
@@ -91,9 +89,16 @@ def retry(job: Job, exc: BaseException | None, countdown: float,
     if exc is None:
         return Outcome(job.id, job.attempts, "RETRY", None, None, None, None, countdown,
                        runtime_ms)
-    return Outcome(job.id, job.attempts, "RETRY", _exc_args(exc),
-                   serialization.exception_type_name(exc), _storable_text(str(exc)),
-                   _storable_text("".join(tb.format_exception(exc))), countdown, runtime_ms)
+    return Outcome(job.id, job.attempts, "RETRY", *_exception_fields(exc), countdown,
+                   runtime_ms)
+
+
+def _exception_fields(exc: BaseException, with_traceback: bool = True
+                      ) -> tuple[str | None, str, str, str | None]:
+    """An outcome's result (the exception's args), exc_type, exc_message and traceback."""
+    trace = _storable_text("".join(tb.format_exception(exc))) if with_traceback else None
+    return (_exc_args(exc), serialization.exception_type_name(exc), _storable_text(str(exc)),
+            trace)
 
 
 def _storable_text(text: str) -> str:
