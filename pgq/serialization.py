@@ -85,13 +85,15 @@ def _untag(obj: Any) -> Any:
     return obj
 
 
-_PLAIN = frozenset({str, int, bool, type(None)})  # float: checked by _tag (inf, nan)
+_PLAIN = frozenset({str, int, bool, type(None)})  # and finite floats (JSON has no inf, nan)
 
 
 def dumps(obj: Any, what: str = "value") -> str:
     """Encode `obj` as JSON text; raise `EncodeError` naming the offending part."""
     try:
-        if type(obj) in (list, tuple) and all(type(item) in _PLAIN for item in obj):
+        if type(obj) in (list, tuple) and all(
+                type(item) in _PLAIN or (type(item) is float and math.isfinite(item))
+                for item in obj):
             return orjson.dumps(obj).decode()  # the common case: nothing to tag or check
         return orjson.dumps(_tag(obj, what)).decode()
     except orjson.JSONEncodeError as exc:  # say, a str with a lone surrogate
