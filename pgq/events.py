@@ -6,9 +6,12 @@ them (Celery's event names and fields; see docs/events.md).
 
     EventReceiver(app, handlers={"task-failed": on_failed, "*": on_any}).capture()
 
-On the wire one NOTIFY carries a batch: `{"v": 1, "hostname", "pid", "worker", "utcoffset",
-"events": [[type, timestamp, value, ...], ...]}`, the values in the order of `FIELDS[type]`,
-so that a batch of events fits PostgreSQL's 8000-byte payload limit."""
+On the wire one NOTIFY carries a batch: `{"v": 2, "hostname", "pid", "worker", "utcoffset",
+"events": [entry, ...]}`, so that many events fit PostgreSQL's 8000-byte payload limit. An
+entry is one event, `[type, timestamp, value, ...]` with the values in the order of
+`FIELDS[type]`, or (since version 2) events of one task type and time batched by field:
+`[type, timestamp, [uuid, ...], field, ...]`, where a field is a list of one value per event
+or a single value that they all share."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ log = logging.getLogger("pgq.events")
 Event = dict[str, Any]
 Handler = Callable[[Event], Any]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: batched entries; the reader takes both
 _TASK = ("uuid", "name", "queue")
 _WORKER = ("freq", "active", "processed", "loadavg", "queues", "sw_ident", "sw_ver", "sw_sys")
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -60,15 +63,28 @@ def expand(payload: str | bytes, received: float | None = None) -> list[Event]:
         fields = FIELDS.get(kind)
         if fields is None:
             continue
-        event: Event = {"type": kind, "timestamp": timestamp, **common,
-                        **dict(zip(fields, values, strict=False))}
-        if kind in ("task-failed", "task-retried"):
-            short = str(event.get("exc_type") or "Exception").rpartition(".")[2]
-            event["exception"] = f"{short}({event.get('exc_message')!r})"
-        elif kind == "task-received" and event.get("root_id") is None:
-            event["root_id"] = event.get("uuid")
-        events.append(event)
+        for one in _unbatch(kind, values):
+            events.append(_event(kind, timestamp, common, fields, one))
     return events
+
+
+def _unbatch(kind: str, values: list[Any]) -> list[list[Any]]:
+    """The values of each event of an entry: one event, or a batch (a list of uuids)."""
+    if kind not in TASK_EVENTS or not values or not isinstance(values[0], list):
+        return [values]
+    return [[v[i] if isinstance(v, list) else v for v in values] for i in range(len(values[0]))]
+
+
+def _event(kind: str, timestamp: float, common: Event, fields: tuple[str, ...],
+           values: list[Any]) -> Event:
+    event: Event = {"type": kind, "timestamp": timestamp, **common,
+                    **dict(zip(fields, values, strict=False))}
+    if kind in ("task-failed", "task-retried"):
+        short = str(event.get("exc_type") or "Exception").rpartition(".")[2]
+        event["exception"] = f"{short}({event.get('exc_message')!r})"
+    elif kind == "task-received" and event.get("root_id") is None:
+        event["root_id"] = event.get("uuid")
+    return event
 
 
 def matches(event: Event, queues: Sequence[str] | None) -> bool:

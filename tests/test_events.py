@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from apps.basic import add, fail_value, retry_until, sleep
 from conftest import PGQ, ROOT, wait_until
 
-from pgq.events import FIELDS, EventReceiver, expand
+from pgq.events import FIELDS, WIRE_VERSION, EventReceiver, expand
 from pgq.worker.events import PAYLOAD_MAX, EventPublisher
 from pgq.worker.executor import Job, Outcome
 
@@ -231,6 +232,54 @@ def test_batches_fit_the_notify_limit_and_lose_nothing(app: Any) -> None:
     assert len(events[0]["args"]) == 256 and events[-1]["traceback"].startswith("…")
     assert events[-1]["exception"].startswith("ValueError('mmm")
     assert set(FIELDS["task-failed"]) <= set(events[-1])
+
+
+def test_batched_entries_expand_to_each_jobs_own_fields(app: Any) -> None:
+    publisher = EventPublisher(app, "w", "host", ["default", "other"], task_events=True,
+                               heartbeats=False, active=lambda: 0)
+    jobs = [_job(n, f"[{n}]") for n in range(4)]
+    jobs[3] = jobs[3]._replace(task="apps.basic.sleep", queue="other")
+    outcomes = [Outcome(j.id, 1, "SUCCESS", str(n), runtime_ms=n) for n, j in enumerate(jobs)]
+    outcomes[1] = Outcome(jobs[1].id, 1, "RETRY", None, "builtins.KeyError", "k", "tb")
+    publisher.received(jobs)
+    publisher.started(jobs[:2])
+    publisher.started(jobs[2:])
+    publisher.finished(outcomes, {o.id for o in outcomes}, {j.id: j for j in jobs})
+    entries = []
+    while publisher._buffer:
+        entries.extend(publisher._wire(publisher._buffer.popleft()))
+    assert len(entries) == 5  # received, started twice, the successes, the retry
+    assert isinstance(entries[0][3], list)  # the received jobs' names differ: one each
+    assert entries[1][3] == "apps.basic.add"  # the first two started share theirs: sent once
+    (payload,) = publisher._payloads(entries)
+    assert orjson.loads(payload)["v"] == WIRE_VERSION == 2
+    events = expand(payload)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_type.setdefault(event["type"], []).append(event)
+    assert [e["uuid"] for e in by_type["task-received"]] == [j.id for j in jobs]
+    assert [e["uuid"] for e in by_type["task-started"]] == [j.id for j in jobs]
+    assert [(e["name"], e["queue"], e["args"]) for e in by_type["task-received"]] == [
+        (j.task, j.queue, j.args) for j in jobs]
+    assert [(e["uuid"], e["result"], e["runtime"]) for e in by_type["task-succeeded"]] == [
+        (jobs[n].id, str(n), n / 1000) for n in (0, 2, 3)]
+    assert by_type["task-succeeded"][2]["name"] == "apps.basic.sleep"
+    (retried,) = by_type["task-retried"]
+    assert retried["uuid"] == jobs[1].id and retried["exception"] == "KeyError('k')"
+    assert all(e["hostname"] == "host" and e["root_id"] == e["uuid"]
+               for e in by_type["task-received"])
+
+
+def test_version_1_payloads_still_expand(app: Any) -> None:
+    """A worker of an older version sends one entry per event."""
+    payload = json.dumps({"v": 1, "hostname": "old", "pid": 1, "worker": "w", "utcoffset": 0,
+                          "events": [["task-succeeded", 1.5, "id-1", "t", "q", "3", 0.01],
+                                     ["worker-heartbeat", 2.0, 2.0, 0, 7, [0.1], ["q"], "pgq",
+                                      "0.1", "Linux"]]})
+    events = expand(payload)
+    assert [(e["type"], e.get("uuid"), e.get("result")) for e in events] == [
+        ("task-succeeded", "id-1", "3"), ("worker-heartbeat", None, None)]
+    assert events[1]["queues"] == ["q"] and events[1]["loadavg"] == [0.1]
 
 
 def test_outcomes_not_written_make_no_event(app: Any) -> None:

@@ -16,7 +16,7 @@ import platform
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -89,9 +89,9 @@ class EventPublisher:
         if self.task_events and jobs:
             self._buffer.append(("received", time.time(), jobs))
 
-    def started(self, job: Job) -> None:
-        if self.task_events:
-            self._buffer.append(("task-started", time.time(), job))
+    def started(self, jobs: list[Job]) -> None:
+        if self.task_events and jobs:
+            self._buffer.append(("started", time.time(), jobs))
 
     def finished(self, outcomes: Iterable[Outcome], written: set[str],
                  jobs: Mapping[str, Job]) -> None:
@@ -148,10 +148,10 @@ class EventPublisher:
     def _flush(self) -> None:
         if not self._buffer or time.monotonic() < self._retry_at:
             return
-        events: list[tuple[int, list[Any]]] = []
+        entries: list[list[Any]] = []
         while self._buffer:
-            events.extend(self._wire(self._buffer.popleft()))
-        payloads = self._payloads(events)
+            entries.extend(self._wire(self._buffer.popleft()))
+        payloads = self._payloads(entries)
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self.app.connect()
@@ -161,8 +161,8 @@ class EventPublisher:
                 self._failing = False
         except Exception as exc:  # best-effort: never let events disturb the worker
             if not self._failing:
-                log.warning("cannot publish events (%s); %d dropped, retrying",
-                            first_line(exc), len(events))
+                log.warning("cannot publish events (%s); %d payload(s) dropped, retrying",
+                            first_line(exc), len(payloads))
             self._failing = True
             self._retry_at = time.monotonic() + 2.0
             if self._conn is not None:
@@ -179,79 +179,103 @@ class EventPublisher:
             conn.cursor().executemany(q.notify, [{"channel": q.events_channel, "payload": p}
                                                  for p in payloads])
 
-    def _payloads(self, events: list[tuple[int, list[Any]]]) -> list[str]:
-        """NOTIFY payloads under PAYLOAD_MAX bytes, each encoded with one orjson call: events
-        are grouped by their estimated size, and a group that still comes out too big (JSON
-        escapes, multi-byte characters) is split in two."""
+    def _payloads(self, entries: list[list[Any]]) -> list[str]:
+        """NOTIFY payloads under PAYLOAD_MAX bytes: each entry encoded once (a batched entry
+        too big for one is split in halves), then as many as fit joined into each."""
         room = PAYLOAD_MAX - len(self._header) - 2
         payloads: list[str] = []
-        chunk: list[list[Any]] = []
+        parts: list[bytes] = []
         size = 0
-        for estimate, event in events:
-            if size + estimate > room and chunk:
-                self._encode(chunk, room, payloads)
-                chunk, size = [], 0
-            chunk.append(event)
-            size += estimate
-        if chunk:
-            self._encode(chunk, room, payloads)
+        for body in self._encoded(entries, room):
+            if parts and size + len(body) > room:
+                payloads.append(self._payload(parts))
+                parts, size = [], 0
+            parts.append(body)
+            size += len(body) + 1
+        if parts:
+            payloads.append(self._payload(parts))
         return payloads
 
-    def _encode(self, chunk: list[list[Any]], room: int, payloads: list[str]) -> None:
-        body = orjson.dumps(chunk)
-        if len(body) <= room:
-            payloads.append((self._header + body[1:] + b"}").decode())
-        elif len(chunk) > 1:
-            half = len(chunk) // 2
-            self._encode(chunk[:half], room, payloads)
-            self._encode(chunk[half:], room, payloads)
-        else:
-            log.debug("an event of %d bytes does not fit a NOTIFY: dropped", len(body))
+    def _payload(self, parts: list[bytes]) -> str:
+        return (self._header + b",".join(parts) + b"]}").decode()
 
-    def _wire(self, item: tuple[Any, ...]) -> list[tuple[int, list[Any]]]:
-        """The events of one buffered item, in wire form, each with its estimated size."""
+    def _encoded(self, entries: list[list[Any]], room: int) -> Iterator[bytes]:
+        for entry in entries:
+            body = orjson.dumps(entry)
+            if len(body) <= room:
+                yield body
+            elif (halves := _split(entry)) is not None:
+                yield from self._encoded(halves, room)
+            else:
+                log.debug("an event of %d bytes does not fit a NOTIFY: dropped", len(body))
+
+    def _wire(self, item: tuple[Any, ...]) -> list[list[Any]]:
+        """The entries of one buffered item, in wire form (pgq/events.py)."""
         kind, timestamp = item[0], item[1]
         if kind == "received":
-            return [self._received(timestamp, job) for job in item[2]]
+            return _batched("task-received", timestamp, [self._received(job) for job in item[2]])
+        if kind == "started":
+            return _batched("task-started", timestamp,
+                            [(job.id, job.task, job.queue) for job in item[2]])
         if kind == "finished":
-            return [self._outcome(timestamp, outcome, job) for outcome, job in item[2]]
+            return self._finished(timestamp, item[2])
         if kind.startswith("worker-"):
-            event = [kind, timestamp, self.freq, self._active(), self.processed, _loadavg(),
-                     self.queues, "pgq", _version(), platform.system()]
-            return [(300, event)]
+            return [[kind, timestamp, self.freq, self._active(), self.processed, _loadavg(),
+                     self.queues, "pgq", _version(), platform.system()]]
         job: Job = item[2]
-        return [(85 + len(job.task) + len(job.queue),
-                 [kind, timestamp, job.id, job.task, job.queue, *item[3:]])]
+        return [[kind, timestamp, job.id, job.task, job.queue, *item[3:]]]
 
-    def _received(self, timestamp: float, job: Job) -> tuple[int, list[Any]]:
-        args, kwargs = _cut(job.args) or "", _cut(job.kwargs) or ""
-        event = ["task-received", timestamp, job.id, job.task, job.queue, args, kwargs,
-                 job.retries, job.eta.isoformat() if job.eta else None,
-                 job.root_id if job.root_id != job.id else None, job.parent_id]
-        estimate = 125 + len(job.task) + len(job.queue) + len(args) + len(kwargs) \
-            + args.count('"') + kwargs.count('"')
-        return estimate, event
+    @staticmethod
+    def _received(job: Job) -> tuple[Any, ...]:
+        return (job.id, job.task, job.queue, _cut(job.args) or "", _cut(job.kwargs) or "",
+                job.retries, job.eta.isoformat() if job.eta else None,
+                job.root_id if job.root_id != job.id else None, job.parent_id)
 
-    def _outcome(self, timestamp: float, outcome: Outcome, job: Job | None
-                 ) -> tuple[int, list[Any]]:
-        self.processed += 1
-        kind = _OUTCOME_EVENT.get(outcome.state, "task-failed")
-        name, queue = (job.task, job.queue) if job else (None, None)
-        head = [kind, timestamp, outcome.id, name, queue]
-        base = 100 + len(name or "") + len(queue or "")
-        if kind == "task-succeeded":
-            result = _cut(outcome.result)
-            return (base + len(result or "") + (result or "").count('"'),
-                    [*head, result, round(outcome.runtime_ms / 1000, 6)])
-        message, trace = _cut(outcome.exc_message), _tail(outcome.traceback)
-        return (base + len(outcome.exc_type or "") + 2 * len(message or "")
-                + 2 * len(trace or ""), [*head, outcome.exc_type, message, trace])
+    def _finished(self, timestamp: float, done: list[tuple[Outcome, Job | None]]
+                  ) -> list[list[Any]]:
+        """Successes as one batched entry; failures and retries (rare, with tracebacks) one
+        entry each."""
+        self.processed += len(done)
+        succeeded: list[tuple[Any, ...]] = []
+        entries: list[list[Any]] = []
+        for outcome, job in done:
+            name, queue = (job.task, job.queue) if job else (None, None)
+            if outcome.state == "SUCCESS":
+                succeeded.append((outcome.id, name, queue, _cut(outcome.result),
+                                  round(outcome.runtime_ms / 1000, 6)))
+            else:
+                entries.append([_OUTCOME_EVENT.get(outcome.state, "task-failed"), timestamp,
+                                outcome.id, name, queue, outcome.exc_type,
+                                _cut(outcome.exc_message), _tail(outcome.traceback)])
+        return _batched("task-succeeded", timestamp, succeeded) + entries
 
     def _active(self) -> int | None:
         try:
             return self.active()
         except Exception:  # read from another thread while the pool changes
             return None
+
+
+def _batched(kind: str, timestamp: float, rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Events of one task type and time as one batched entry (pgq/events.py): one list per
+    field, or one value when all the events share it (their task's name and queue, mostly)."""
+    if not rows:
+        return []
+    entry: list[Any] = [kind, timestamp]
+    for k, column in enumerate(zip(*rows, strict=True)):
+        values = list(column)
+        shared = k > 0 and values.count(values[0]) == len(values)
+        entry.append(values[0] if shared and not isinstance(values[0], list) else values)
+    return [entry]
+
+
+def _split(entry: list[Any]) -> list[list[Any]] | None:
+    """A batched entry in two halves; None for a single event."""
+    if len(entry) < 3 or not isinstance(entry[2], list) or len(entry[2]) < 2:
+        return None
+    half = len(entry[2]) // 2
+    return [[*entry[:2], *(v[:half] if isinstance(v, list) else v for v in entry[2:])],
+            [*entry[:2], *(v[half:] if isinstance(v, list) else v for v in entry[2:])]]
 
 
 def _loadavg() -> list[float]:

@@ -703,8 +703,7 @@ class Worker:
                 size = min(-(-len(self.held) // free), self.MAX_BATCH,
                            max(1, int(self.BATCH_TARGET_MS / max(self.runtime_ms, 0.001))))
             jobs = [self.held.popleft() for _ in range(min(size, len(self.held)))]
-            for job in jobs:
-                self.events.started(job)
+            self.events.started(jobs)
             self.pool.submit(jobs)
             if self.pool.has_ready():
                 self._note(self.pool.collect([]))
