@@ -1,9 +1,9 @@
 """Publish the worker's events (pgq/events.py has the format and the reader).
 
-The supervisor only appends to an in-memory buffer (one deque append per claimed or finished
-batch, and per job started); a thread turns the buffer into compact JSON batches every
-FLUSH_INTERVAL and sends them in one transaction on its own connection, which commits without
-waiting for the disk.
+The supervisor only appends to an in-memory buffer (one deque append per claimed, handed-out
+or finished batch); a thread turns each batch into one wire entry, packs the entries into NOTIFY
+payloads every FLUSH_INTERVAL and sends them in one transaction on its own connection, which
+commits without waiting for the disk.
 Events are best-effort: a batch that cannot be sent is dropped (and logged once), the buffer
 keeps at most the newest MAX_BUFFERED; nothing here can slow, fail or block job processing."""
 
