@@ -176,7 +176,8 @@ class EventReceiver:
                 last = time.monotonic()
                 try:
                     events = expand(payload, received)
-                except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+                except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError,
+                        IndexError):
                     log.warning("skipping a malformed event payload: %.80s", payload)
                     continue
                 for event in events:

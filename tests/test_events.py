@@ -294,6 +294,7 @@ def test_a_malformed_payload_is_skipped(app: Any) -> None:
     receiver = EventReceiver(app)
     receiver._listener = object()  # pretend to be listening
     receiver._on_payload("not json")
+    receiver._on_payload(json.dumps({"events": [["task-started", 1.0, ["a", "b"], ["t"], "q"]]}))
     receiver._on_payload(json.dumps({"events": [["task-started", 1.0, "id", "t", "q"],
                                                 ["some-future-event", 2.0]]}))
     receiver.close = lambda: None  # type: ignore[method-assign]
