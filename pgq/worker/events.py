@@ -83,7 +83,7 @@ class EventPublisher:
     def enabled(self) -> bool:
         return self.task_events or self.heartbeats
 
-    # --- called by the supervisor (cheap: one append per batch, or per job started) -------
+    # --- called by the supervisor (cheap: one append per batch) ---------------------------
 
     def received(self, jobs: list[Job]) -> None:
         if self.task_events and jobs:
