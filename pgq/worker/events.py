@@ -274,8 +274,8 @@ def _split(entry: list[Any]) -> list[list[Any]] | None:
     if len(entry) < 3 or not isinstance(entry[2], list) or len(entry[2]) < 2:
         return None
     half = len(entry[2]) // 2
-    return [[*entry[:2], *(v[:half] if isinstance(v, list) else v for v in entry[2:])],
-            [*entry[:2], *(v[half:] if isinstance(v, list) else v for v in entry[2:])]]
+    return [[*entry[:2], *(v[part] if isinstance(v, list) else v for v in entry[2:])]
+            for part in (slice(None, half), slice(half, None))]
 
 
 def _loadavg() -> list[float]:
